@@ -1,0 +1,185 @@
+"""``dicom-node`` command line: serve, echo, send, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from dicom_node import __version__
+from dicom_node.config import ConfigError, check_ae_title, load_config
+
+_ADDR_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+
+def parse_address(text: str) -> tuple[str, str, int]:
+    """'AE@HOST:PORT' -> (ae, host, port)."""
+    m = _ADDR_RE.match(text)
+    if not m or not 1 <= int(m["port"]) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected AE@HOST:PORT, got {text!r}")
+    try:
+        ae = check_ae_title(m["ae"], "AE title")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return ae, m["host"], int(m["port"])
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging  # noqa: PLC0415
+    from dicom_node.node import Node  # noqa: PLC0415
+
+    config = load_config(args.config)
+    setup_logging(config.storage_dir / "log", logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        node = Node(config)
+    except OSError as exc:
+        print(f"dicom-node: cannot open storage {config.storage_dir}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        node.serve_forever()
+    except OSError as exc:  # e.g. port in use
+        print(f"dicom-node: cannot listen on {config.node.host}:{config.node.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from dicom_node.send import echo  # noqa: PLC0415
+
+    ae, host, port = args.address
+    status = echo(ae, host, port, calling_ae=args.aet, timeout_s=args.timeout)
+    if status == 0:
+        print(f"C-ECHO {ae}@{host}:{port}: success")
+        return 0
+    print(f"C-ECHO {ae}@{host}:{port}: " + ("no association" if status < 0 else f"status 0x{status:04X}"),
+          file=sys.stderr)
+    return 1
+
+
+def _dicom_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file()))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(p)
+    return files
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from pydicom.filereader import read_file_meta_info  # noqa: PLC0415
+
+    from dicom_node.config import SendSection  # noqa: PLC0415
+    from dicom_node.send import OutgoingInstance, StorageSender  # noqa: PLC0415
+
+    ae, host, port = args.to
+    outgoing, skipped = [], 0
+    try:
+        files = _dicom_files(args.paths)
+    except FileNotFoundError as exc:
+        print(f"dicom-node send: no such file or directory: {exc}", file=sys.stderr)
+        return 2
+    for f in files:
+        try:
+            meta = read_file_meta_info(f)
+            outgoing.append(OutgoingInstance(f, str(meta.MediaStorageSOPClassUID),
+                                             str(meta.MediaStorageSOPInstanceUID), str(meta.TransferSyntaxUID)))
+        except Exception:
+            skipped += 1
+    if not outgoing:
+        print("dicom-node send: no DICOM files (Part 10 with file meta) found", file=sys.stderr)
+        return 2
+    sender = StorageSender(args.aet, SendSection(dimse_timeout_s=args.timeout, acse_timeout_s=args.timeout))
+    t0 = time.monotonic()
+    report = sender.send(ae, host, port, outgoing)
+    dt = time.monotonic() - t0
+    print(f"sent {len(report.acknowledged)}/{len(outgoing)} instances to {ae}@{host}:{port} in {dt:.2f} s"
+          + (f" ({skipped} non-DICOM files skipped)" if skipped else ""))
+    for sop, status in report.failed.items():
+        print(f"  refused 0x{status:04X}: {sop}", file=sys.stderr)
+    for sop in report.unacknowledged:
+        print(f"  no response: {sop}", file=sys.stderr)
+    return 0 if report.complete else 1
+
+
+def _format_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from dicom_node.node import open_index  # noqa: PLC0415
+
+    config = load_config(args.config)
+    if not (config.storage_dir / "index.sqlite").exists():
+        print(f"no index at {config.storage_dir / 'index.sqlite'}: no jobs yet")
+        return 0
+    index = open_index(config)
+    try:
+        if args.retry is not None:
+            if index.requeue_job(args.retry):
+                print(f"job {args.retry} re-queued")
+                return 0
+            job = index.get_job(args.retry)
+            print(f"job {args.retry} " + ("not found" if job is None else f"is {job.state}; only failed or done "
+                                          "jobs can be re-queued"), file=sys.stderr)
+            return 1
+        jobs = index.jobs([args.state] if args.state else None)
+        print(f"{'ID':>5}  {'STATE':8} {'ATT':>5}  {'KIND':10} {'UPDATED':19}  SERIES / LAST ERROR OR RESULT")
+        for j in jobs:
+            note = j.last_error if j.state in ("failed", "pending") and j.last_error else (j.result or "")
+            print(f"{j.id:>5}  {j.state:8} {j.attempts:>2}/{j.max_attempts:<2}  {j.kind:10} "
+                  f"{_format_time(j.updated_at)}  {j.series_uid}")
+            if note:
+                print(f"{'':>7}{note}")
+        return 0
+    finally:
+        index.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dicom-node", description="DICOM node for cardiac MR quantification")
+    p.add_argument("--version", action="version", version=f"dicom-node {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the node (embedded default without --config)")
+    s.add_argument("--config", help="TOML configuration file")
+    s.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    s.set_defaults(func=_cmd_serve)
+
+    e = sub.add_parser("echo", help="C-ECHO a peer")
+    e.add_argument("address", type=parse_address, metavar="AE@HOST:PORT")
+    e.add_argument("--aet", default="PINN_NODE", help="calling AE title (default PINN_NODE)")
+    e.add_argument("--timeout", type=float, default=15.0)
+    e.set_defaults(func=_cmd_echo)
+
+    c = sub.add_parser("send", help="C-STORE files or folders to a peer")
+    c.add_argument("--to", type=parse_address, required=True, metavar="AE@HOST:PORT")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("--aet", default="PINN_NODE", help="calling AE title (default PINN_NODE)")
+    c.add_argument("--timeout", type=float, default=15.0)
+    c.set_defaults(func=_cmd_send)
+
+    j = sub.add_parser("jobs", help="list jobs, or re-queue one")
+    j.add_argument("--config", help="TOML configuration file (for the storage location)")
+    j.add_argument("--state", choices=["pending", "running", "done", "failed"])
+    j.add_argument("--retry", type=int, metavar="ID", help="re-queue a failed job")
+    j.set_defaults(func=_cmd_jobs)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"dicom-node: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,267 @@
+"""Node configuration: TOML file -> validated, immutable dataclasses.
+
+Every problem is reported as one :class:`ConfigError` line naming the key, so that
+``dicom-node serve --config FILE`` can print it and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message is a single line for the operator."""
+
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
+
+
+def check_ae_title(value: Any, where: str) -> str:
+    """Return ``value`` if it is a valid AE title (1-16 chars, no backslash/control)."""
+    if not isinstance(value, str) or not _AE_RE.match(value) or not value.strip():
+        raise ConfigError(f"{where}: invalid AE title {value!r} (1-16 printable ASCII characters, no backslash)")
+    return value.strip()
+
+
+def _check_port(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: invalid port {value!r} (an integer 1-65535)")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    ae_title: str = "PINN_NODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    storage: str = "var"
+    max_associations: int = 16
+    max_pdu_size: int = 131072
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    index_synchronous: str = "normal"  # "full": fsync the index on every commit too
+
+
+@dataclass(frozen=True)
+class SeriesSection:
+    stable_seconds: float = 10.0
+    check_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RoutingSection:
+    send_results_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    allowed_calling_aes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobsSection:
+    workers: int = 1
+    max_attempts: int = 5
+    retry_backoff_s: float = 5.0
+    retry_backoff_max_s: float = 300.0
+    poll_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class SendSection:
+    """How the node's storage SCU behaves towards destinations."""
+
+    dimse_timeout_s: float = 15.0
+    acse_timeout_s: float = 15.0
+    reassociations: int = 3
+    backoff_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    series: SeriesSection = field(default_factory=SeriesSection)
+    destinations: tuple[Destination, ...] = ()
+    routing: RoutingSection = field(default_factory=RoutingSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
+    jobs: JobsSection = field(default_factory=JobsSection)
+    send: SendSection = field(default_factory=SendSection)
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.node.storage)
+
+    def destination(self, name: str) -> Destination:
+        for d in self.destinations:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def destination_by_ae(self, ae_title: str) -> Destination | None:
+        """The configured destination with this AE title (C-MOVE destinations)."""
+        ae_title = ae_title.strip()
+        for d in self.destinations:
+            if d.ae_title == ae_title:
+                return d
+        return None
+
+    def with_overrides(self, **sections: Any) -> "Config":
+        """Copy with whole sections replaced (used by tests and the CLI)."""
+        return dataclasses.replace(self, **sections)
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from table ``raw`` with type checks and no unknown keys."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{key}' in [{where}] (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if default is dataclasses.MISSING:
+            expected: Any = known[key].type
+        else:
+            expected = type(default)
+        kwargs[key] = _coerce(value, expected, f"[{where}] {key}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a missing required key
+        missing = [k for k, f in known.items() if f.default is dataclasses.MISSING and k not in kwargs]
+        raise ConfigError(f"[{where}] is missing key(s): {', '.join(missing)}") from exc
+
+
+def _coerce(value: Any, expected: Any, where: str) -> Any:
+    if expected in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if expected in (int, "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if expected in (str, "str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if expected in (tuple, "tuple[str, ...]"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise AssertionError(f"unhandled type {expected!r} for {where}")
+
+
+_SECTIONS = {
+    "node": NodeSection,
+    "series": SeriesSection,
+    "routing": RoutingSection,
+    "security": SecuritySection,
+    "jobs": JobsSection,
+    "send": SendSection,
+}
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document and return the :class:`Config`."""
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "destinations":
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(
+                f"unknown section [{key}] (known: {', '.join(sorted([*_SECTIONS, 'destinations']))})"
+            )
+        sections[key] = _section(_SECTIONS[key], value, key)
+
+    node: NodeSection = sections.get("node", NodeSection())
+    check_ae_title(node.ae_title, "[node] ae_title")
+    _check_port(node.port, "[node] port")
+    if not node.host:
+        raise ConfigError("[node] host must not be empty")
+    if not 1 <= node.max_associations <= 256:
+        raise ConfigError(f"[node] max_associations: {node.max_associations} is outside 1-256")
+    if node.max_pdu_size != 0 and not 4096 <= node.max_pdu_size <= 2**26:
+        raise ConfigError(f"[node] max_pdu_size: {node.max_pdu_size} is outside 4096-67108864 (or 0 = unlimited)")
+
+    if node.index_synchronous not in ("normal", "full"):
+        raise ConfigError(f"[node] index_synchronous must be 'normal' or 'full', got {node.index_synchronous!r}")
+
+    series: SeriesSection = sections.get("series", SeriesSection())
+    if series.stable_seconds <= 0:
+        raise ConfigError(f"[series] stable_seconds must be > 0, got {series.stable_seconds}")
+
+    raw_dests = raw.get("destinations", [])
+    if not isinstance(raw_dests, list):
+        raise ConfigError("destinations must be an array of tables: [[destinations]]")
+    destinations = []
+    for i, rd in enumerate(raw_dests):
+        d: Destination = _section(Destination, rd, f"destinations #{i + 1}")
+        check_ae_title(d.ae_title, f"[[destinations]] '{d.name}' ae_title")
+        _check_port(d.port, f"[[destinations]] '{d.name}' port")
+        if any(o.name == d.name for o in destinations):
+            raise ConfigError(f"[[destinations]] name '{d.name}' is used twice")
+        if any(o.ae_title == d.ae_title for o in destinations):
+            raise ConfigError(f"[[destinations]] AE title '{d.ae_title}' is used twice (C-MOVE needs it unique)")
+        destinations.append(d)
+
+    routing: RoutingSection = sections.get("routing", RoutingSection())
+    names = {d.name for d in destinations}
+    for name in routing.send_results_to:
+        if name not in names:
+            raise ConfigError(f"[routing] send_results_to names destination '{name}', which is not configured")
+
+    security: SecuritySection = sections.get("security", SecuritySection())
+    for ae in security.allowed_calling_aes:
+        check_ae_title(ae, "[security] allowed_calling_aes")
+
+    jobs: JobsSection = sections.get("jobs", JobsSection())
+    if jobs.workers < 1 or jobs.max_attempts < 1:
+        raise ConfigError("[jobs] workers and max_attempts must be >= 1")
+
+    return Config(
+        node=node,
+        series=series,
+        destinations=tuple(destinations),
+        routing=routing,
+        security=security,
+        jobs=jobs,
+        send=sections.get("send", SendSection()),
+    )
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate ``path``; ``None`` gives the embedded default."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    try:
+        return parse_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc

@@ -1,0 +1,95 @@
+"""Durable job queue and in-process workers.
+
+Jobs live in the index (state pending -> running -> done | failed, attempts, last
+error). A failed attempt is retried with exponential back-off until ``max_attempts``;
+then the job is parked as ``failed`` (dead letter) for ``dicom-node jobs --retry``.
+Jobs found ``running`` at start-up were interrupted by a crash and run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from dicom_node.config import Config
+from dicom_node.index import Index, Job
+from dicom_node.logs import log_event
+
+LOG = logging.getLogger("dicom_node.jobs")
+
+JobHandler = Callable[[Job], str]
+
+
+class JobRunner:
+    def __init__(self, index: Index, config: Config, handlers: dict[str, JobHandler], wakeup: threading.Event) -> None:
+        self.index = index
+        self.config = config
+        self.handlers = handlers
+        self.wakeup = wakeup
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def backoff(self, attempts: int) -> float:
+        cfg = self.config.jobs
+        return min(cfg.retry_backoff_s * 2 ** max(attempts - 1, 0), cfg.retry_backoff_max_s)
+
+    def run_one(self) -> Job | None:
+        """Claim and run one job; return it (as claimed) or None if none was due."""
+        job = self.index.claim_job()
+        if job is None:
+            return None
+        handler = self.handlers.get(job.kind)
+        started = time.monotonic()
+        log_event(LOG, "job.start", job_id=job.id, kind=job.kind, series_uid=job.series_uid, attempt=job.attempts)
+        try:
+            if handler is None:
+                raise RuntimeError(f"no handler for job kind {job.kind!r}")
+            result = handler(job)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            retry_at = time.time() + self.backoff(job.attempts) if job.attempts < job.max_attempts else None
+            state = self.index.fail_job(job.id, error, retry_at)
+            log_event(
+                LOG,
+                "job.failed" if state == "failed" else "job.retry",
+                logging.ERROR if state == "failed" else logging.WARNING,
+                job_id=job.id,
+                kind=job.kind,
+                attempt=job.attempts,
+                max_attempts=job.max_attempts,
+                error=error,
+                retry_in_s=None if retry_at is None else round(retry_at - time.time(), 1),
+            )
+            return job
+        self.index.finish_job(job.id, result)
+        log_event(LOG, "job.done", job_id=job.id, kind=job.kind, result=result,
+                  seconds=round(time.monotonic() - started, 3))
+        return job
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_one()
+            except Exception:
+                LOG.exception("job worker pass failed")
+                ran = None
+            if ran is None:
+                self.wakeup.wait(self.config.jobs.poll_interval_s)
+                self.wakeup.clear()
+
+    def start(self) -> None:
+        recovered = self.index.recover_interrupted_jobs()
+        if recovered:
+            log_event(LOG, "job.recovered", logging.WARNING, jobs=recovered)
+        for n in range(self.config.jobs.workers):
+            t = threading.Thread(target=self._loop, name=f"job-worker-{n}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wakeup.set()
+        for t in self._threads:
+            t.join(timeout=10)

@@ -1,0 +1,282 @@
+"""The node's Application Entity: Verification, Storage and Query/Retrieve SCP.
+
+Handlers stay small: C-STORE checks the received bytes, stores them durably and only
+then answers; Q/R handlers translate identifiers through :mod:`dicom_node.qr`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Iterator
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom import uid as _uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from dicom_node import qr
+from dicom_node.config import Config
+from dicom_node.index import Index, StoredInstance
+from dicom_node.instance import InvalidInstance, parse_instance
+from dicom_node.logs import log_event
+from dicom_node.netutil import NODELAY_HANDLERS
+from dicom_node.store import InstanceStore, StorageUnavailable
+
+LOG = logging.getLogger("dicom_node.scp")
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+
+_UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID("1.2.840.10008.1.2.2")}
+
+# Transfer syntaxes a cardiac MR study arrives in (uncompressed, deflate and the common
+# image compressions). pynetdicom deep-copies every supported context x syntax for each
+# association, so offering all 45 known syntaxes would cost ~0.3 s of CPU per association.
+TRANSFER_SYNTAXES = [
+    _uid.ImplicitVRLittleEndian,
+    _uid.ExplicitVRLittleEndian,
+    _uid.DeflatedExplicitVRLittleEndian,
+    _uid.ExplicitVRBigEndian,
+    _uid.JPEGBaseline8Bit,
+    _uid.JPEGExtended12Bit,
+    _uid.JPEGLossless,
+    _uid.JPEGLosslessSV1,
+    _uid.JPEGLSLossless,
+    _uid.JPEGLSNearLossless,
+    _uid.JPEG2000Lossless,
+    _uid.JPEG2000,
+    _uid.RLELossless,
+    _uid.HTJ2KLossless,
+    _uid.HTJ2K,
+]
+
+QR_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def _peer(event: evt.Event) -> dict[str, Any]:
+    req = event.assoc.requestor
+    return {"calling_ae": req.ae_title, "peer": f"{req.address}:{req.port}"}
+
+
+class NodeSCP:
+    """Builds the AE and implements the DIMSE handlers over the store and index."""
+
+    def __init__(self, config: Config, store: InstanceStore, index: Index) -> None:
+        self.config = config
+        self.store = store
+        self.index = index
+        self.ae = self._build_ae()
+        self.server = None
+        self.on_stored: list = []  # callbacks(info, result) after a durable store
+
+    def _build_ae(self) -> AE:
+        cfg = self.config.node
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        ae.maximum_pdu_size = cfg.max_pdu_size
+        ae.acse_timeout = cfg.acse_timeout_s
+        ae.dimse_timeout = cfg.dimse_timeout_s
+        ae.network_timeout = cfg.network_timeout_s
+        ae.require_called_aet = True
+        if self.config.security.allowed_calling_aes:
+            ae.require_calling_aet = list(self.config.security.allowed_calling_aes)
+        ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # scp_role: a C-GET requestor receives the retrieved instances on this association
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        for model in QR_MODELS:
+            ae.add_supported_context(model, TRANSFER_SYNTAXES)
+        return ae
+
+    def handlers(self) -> list[tuple]:
+        return [
+            *NODELAY_HANDLERS,
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_C_GET, self.handle_get),
+            (evt.EVT_ACCEPTED, self._log_assoc("association.accepted")),
+            (evt.EVT_REJECTED, self._log_assoc("association.rejected", logging.WARNING)),
+            (evt.EVT_ABORTED, self._log_assoc("association.aborted", logging.WARNING)),
+            (evt.EVT_RELEASED, self._log_assoc("association.released")),
+        ]
+
+    def start(self) -> None:
+        cfg = self.config.node
+        self.server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers())
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self.ae.shutdown()
+
+    @staticmethod
+    def _log_assoc(name: str, level: int = logging.INFO):
+        def handler(event: evt.Event) -> None:
+            log_event(LOG, name, level, **_peer(event))
+
+        return handler
+
+    # -- C-ECHO ----------------------------------------------------------------
+    def handle_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    # -- C-STORE ---------------------------------------------------------------
+    def handle_store(self, event: evt.Event) -> int | Dataset:
+        req = event.request
+        calling_ae = event.assoc.requestor.ae_title
+        try:
+            body = req.DataSet.getvalue() if req.DataSet is not None else b""
+            info = parse_instance(
+                body, event.context.transfer_syntax, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+            )
+            meta = self._file_meta(event)
+            result = self.store.put(info, meta, body, calling_ae)
+        except InvalidInstance as exc:
+            log_event(
+                LOG, "store.rejected", logging.WARNING, calling_ae=calling_ae, status=f"0x{exc.status:04X}",
+                affected_sop_instance_uid=str(req.AffectedSOPInstanceUID)[:64], reason=exc.reason,
+            )
+            return _status(exc.status, exc.reason)
+        except StorageUnavailable as exc:
+            log_event(LOG, "store.out_of_resources", logging.ERROR, calling_ae=calling_ae, reason=str(exc))
+            return _status(STATUS_OUT_OF_RESOURCES, str(exc))
+        except Exception as exc:
+            LOG.exception("unexpected error while storing")
+            return _status(STATUS_PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+        if result.outcome != "duplicate" or LOG.isEnabledFor(logging.DEBUG):
+            log_event(
+                LOG, f"instance.{result.outcome}", logging.DEBUG if result.outcome == "stored" else logging.INFO,
+                sop_instance_uid=info.sop_instance_uid, series_uid=info.series_uid, calling_ae=calling_ae,
+            )
+        if result.reopened_series:
+            log_event(LOG, "series.reopened", logging.WARNING, series_uid=info.series_uid)
+        for callback in self.on_stored:
+            callback(info, result)
+        return 0x0000
+
+    @staticmethod
+    def _file_meta(event: evt.Event) -> bytes:
+        meta = event.file_meta
+        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
+        buf = io.BytesIO()
+        buf.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(buf, meta, enforce_standard=True)
+        return buf.getvalue()
+
+    # -- C-FIND ----------------------------------------------------------------
+    def handle_find(self, event: evt.Event) -> Iterator[tuple[Any, Any]]:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        try:
+            identifier = event.identifier
+            results = list(qr.find(self.index, identifier, sop_class, self.config.node.ae_title))
+        except qr.QueryError as exc:
+            log_event(LOG, "find.rejected", logging.WARNING, **_peer(event), status=f"0x{exc.status:04X}",
+                      reason=exc.reason)
+            yield _status(exc.status, exc.reason), None
+            return
+        except Exception as exc:
+            LOG.exception("C-FIND failed")
+            yield _status(qr.STATUS_UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            return
+        log_event(LOG, "find", **_peer(event), qr_level=str(identifier.get("QueryRetrieveLevel", "")),
+                  matches=len(results))
+        for rsp in results:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            yield STATUS_PENDING, rsp
+
+    # -- C-MOVE / C-GET --------------------------------------------------------
+    def _select(self, event: evt.Event) -> list[StoredInstance]:
+        try:
+            return qr.select_instances(self.index, event.identifier, str(event.request.AffectedSOPClassUID))
+        except qr.QueryError as exc:
+            log_event(LOG, "retrieve.rejected", logging.WARNING, **_peer(event), status=f"0x{exc.status:04X}",
+                      reason=exc.reason)
+            raise
+
+    def _datasets(self, event: evt.Event, instances: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
+        for inst in instances:
+            if event.is_cancelled:
+                yield STATUS_CANCEL, None
+                return
+            try:
+                ds = dcmread(self.store.abspath(inst.path))
+            except Exception as exc:
+                log_event(LOG, "retrieve.unreadable", logging.ERROR, sop_instance_uid=inst.sop_instance_uid,
+                          error=str(exc))
+                continue
+            yield STATUS_PENDING, ds
+
+    @staticmethod
+    def _move_contexts(instances: list[StoredInstance]) -> list:
+        by_class: dict[str, set[str]] = {}
+        for inst in instances:
+            by_class.setdefault(inst.sop_class_uid, set()).add(inst.transfer_syntax_uid)
+        contexts = []
+        for sop_class, syntaxes in sorted(by_class.items()):
+            ts = sorted(syntaxes)
+            if all(UID(t) in _UNCOMPRESSED for t in ts):
+                # pynetdicom converts between uncompressed syntaxes; offer the common ones
+                ts = list(dict.fromkeys([*ts, str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]))
+            contexts.append(build_context(sop_class, ts))
+        return contexts[:128]
+
+    def handle_move(self, event: evt.Event) -> Iterator[Any]:
+        destination = self.config.destination_by_ae(str(event.move_destination or ""))
+        if destination is None:
+            log_event(LOG, "move.unknown_destination", logging.WARNING, **_peer(event),
+                      move_destination=str(event.move_destination))
+            yield None, None
+            return
+        instances = None
+        try:
+            instances = self._select(event)
+        except qr.QueryError:
+            pass
+        yield destination.host, destination.port, {
+            "contexts": self._move_contexts(instances or []) or [build_context(Verification)],
+            "evt_handlers": NODELAY_HANDLERS,
+        }
+        if instances is None:
+            raise ValueError("invalid C-MOVE identifier")  # pynetdicom answers 0xC513
+        log_event(LOG, "move", **_peer(event), destination=destination.name, instances=len(instances))
+        yield len(instances)
+        yield from self._datasets(event, instances)
+
+    def handle_get(self, event: evt.Event) -> Iterator[Any]:
+        instances = self._select(event)  # a QueryError here makes pynetdicom answer 0xC413
+        log_event(LOG, "get", **_peer(event), instances=len(instances))
+        yield len(instances)
+        yield from self._datasets(event, instances)

@@ -1,0 +1,65 @@
+"""Series completion: a series is complete when no instance arrived for ``stable_seconds``.
+
+Completion and the job it creates are one transaction, so a crash cannot complete a
+series without queueing its work. A later instance re-opens the series (the index does
+that on insert) and its next completion queues new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from dicom_node.config import Config
+from dicom_node.index import Index
+from dicom_node.logs import log_event
+
+LOG = logging.getLogger("dicom_node.series")
+
+JOB_KIND_FORWARD = "forward"
+
+
+class SeriesTracker:
+    def __init__(self, index: Index, config: Config) -> None:
+        self.index = index
+        self.config = config
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.wakeup = threading.Event()
+
+    def job_kind_for(self, series_uid: str) -> str:
+        """What work a completed series gets (later issues route by series kind)."""
+        return JOB_KIND_FORWARD
+
+    def check_once(self, now: float | None = None) -> list[int]:
+        """Complete every series idle for ``stable_seconds``; return the new job ids."""
+        now = time.time() if now is None else now
+        before = now - self.config.series.stable_seconds
+        jobs = []
+        for series_uid in self.index.open_series_idle_since(before):
+            job_id = self.index.complete_series(
+                series_uid, before, self.job_kind_for(series_uid), self.config.jobs.max_attempts
+            )
+            if job_id is not None:
+                jobs.append(job_id)
+                log_event(LOG, "series.complete", series_uid=series_uid, job_id=job_id)
+        if jobs:
+            self.wakeup.set()
+        return jobs
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.series.check_interval_s):
+            try:
+                self.check_once()
+            except Exception:  # keep tracking; the next pass retries
+                LOG.exception("series tracker pass failed")
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="series-tracker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
