@@ -21,7 +21,7 @@ from pathlib import Path
 from pynetdicom.dsutils import split_dataset
 
 from dicom_node.index import Index
-from dicom_node.instance import InstanceInfo, InvalidInstance, parse_instance
+from dicom_node.instance import InstanceInfo, parse_instance
 from dicom_node.logs import log_event
 
 LOG = logging.getLogger("dicom_node.store")
@@ -211,7 +211,7 @@ class InstanceStore:
                 continue
             try:
                 self._index_file(path, rel)
-            except (InvalidInstance, OSError, ValueError) as exc:
+            except Exception as exc:  # anything unreadable is kept aside, not deleted
                 self.quarantine_dir.mkdir(parents=True, exist_ok=True)
                 target = self.quarantine_dir / path.name
                 shutil.move(path, target)

@@ -1,0 +1,182 @@
+"""Shared test helpers: free ports, the node as a real process, DCMTK peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd: Sequence[str], timeout: float = 120, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class NodeProcess:
+    """``dicom-node serve`` as a subprocess on a free loopback port."""
+
+    def __init__(self, workdir: Path, ae_title: str = "PINN_NODE", extra_toml: str = "", port: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.storage = self.workdir / "var"
+        self.config_path = self.workdir / "node.toml"
+        self.config_path.write_text(
+            f'[node]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\nstorage = "{self.storage}"\n'
+            + extra_toml
+        )
+        self.proc: subprocess.Popen | None = None
+        self.output = self.workdir / "node.out"
+
+    @property
+    def address(self) -> str:
+        return f"{self.ae_title}@127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> "NodeProcess":
+        out = open(self.output, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV,
+        )
+        out.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.output.read_text()}")
+            if self.accepting():
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"node did not start within {timeout} s:\n{self.output.read_text()}")
+
+    def accepting(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def events(self, name: str | None = None) -> list[dict]:
+        log = self.storage / "log" / "node.jsonl"
+        if not log.exists():
+            return []
+        out = []
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if name is None or entry.get("event") == name:
+                out.append(entry)
+        return out
+
+    def index_count(self, sql: str = "SELECT COUNT(*) FROM instances", params: Sequence = ()) -> int:
+        import sqlite3
+
+        conn = sqlite3.connect(self.storage / "index.sqlite")
+        try:
+            return conn.execute(sql, list(params)).fetchone()[0]
+        finally:
+            conn.close()
+
+
+class StoreSCPProcess:
+    """DCMTK ``storescp`` as a destination (PACS stand-in) on a free port."""
+
+    def __init__(self, workdir: Path, ae_title: str = "DEST", port: int | None = None):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "StoreSCPProcess":
+        self.proc = subprocess.Popen(
+            ["storescp", "--aetitle", self.ae_title, "--output-directory", str(self.dir), "--accept-all",
+             str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("storescp did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+
+    def received_sop_uids(self) -> set[str]:
+        import pydicom
+
+        return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                for p in self.dir.iterdir() if p.is_file()}
+
+    def destination_toml(self, name: str = "pacs") -> str:
+        return f'[[destinations]]\nname = "{name}"\nae_title = "{self.ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+
+
+def encode_parts(ds) -> tuple[bytes, bytes]:
+    """(preamble + file meta, data set) as a C-STORE SCP would receive them."""
+    import io
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+    ts = ds.file_meta.TransferSyntaxUID
+    meta = io.BytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(meta, ds.file_meta)
+    body = DicomBytesIO()
+    body.is_implicit_VR = ts == ImplicitVRLittleEndian
+    body.is_little_endian = ts != ExplicitVRBigEndian
+    write_dataset(body, ds)
+    return meta.getvalue(), body.getvalue()
+
+
+def store_dataset(store, ds):
+    """Store ``ds`` through the node's own check + durable write; return (info, result, bytes)."""
+    from dicom_node.instance import parse_instance
+
+    meta, body = encode_parts(ds)
+    info = parse_instance(body, str(ds.file_meta.TransferSyntaxUID))
+    return info, store.put(info, meta, body, "TEST"), meta + body
