@@ -46,9 +46,11 @@ _UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID("1.2.840.10
 # Transfer syntaxes a cardiac MR study arrives in (uncompressed, deflate and the common
 # image compressions). pynetdicom deep-copies every supported context x syntax for each
 # association, so offering all 45 known syntaxes would cost ~0.3 s of CPU per association.
+# Order matters: pynetdicom accepts the first of these that the requestor proposes, and
+# explicit VR keeps the value representations that implicit VR loses.
 TRANSFER_SYNTAXES = [
-    _uid.ImplicitVRLittleEndian,
     _uid.ExplicitVRLittleEndian,
+    _uid.ImplicitVRLittleEndian,
     _uid.DeflatedExplicitVRLittleEndian,
     _uid.ExplicitVRBigEndian,
     _uid.JPEGBaseline8Bit,
