@@ -1,0 +1,134 @@
+"""Series completion -> durable job -> forward to routing destinations; retries and dead letter."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pydicom
+import pytest
+
+from dicom_node.config import Config, JobsSection, SeriesSection
+from dicom_node.index import Index
+from dicom_node.jobs import JobRunner
+from dicom_node.synthetic import write_mr_series
+from tests.helpers import free_port, run
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def jobs_cli(node, *args):
+    return run([sys.executable, "-m", "dicom_node", "jobs", "--config", node.config_path, *args])
+
+
+def test_complete_series_is_forwarded(node_factory, storescp_factory, tmp_path):
+    dest = storescp_factory(ae_title="PACS")
+    node = node_factory(extra_toml="[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
+                        + dest.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n').start()
+    files = write_mr_series(tmp_path / "s", 6)
+    run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
+    sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    assert wait_for(lambda: sent <= dest.received_sop_uids(), timeout=30)
+    assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == 1)
+    out = jobs_cli(node)
+    assert out.returncode == 0 and "done" in out.stdout and "sent 6 instances to pacs" in out.stdout
+    assert node.index_count("SELECT COUNT(*) FROM series WHERE state = 'complete'") == 1
+
+
+def test_series_is_not_complete_while_instances_arrive(node_factory, tmp_path):
+    node = node_factory(extra_toml="[series]\nstable_seconds = 2.0\ncheck_interval_s = 0.2\n").start()
+    files = write_mr_series(tmp_path / "s", 4)
+    for f in files[:2]:
+        run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f], check=True)
+    time.sleep(1.0)
+    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0
+    for f in files[2:]:
+        run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f], check=True)
+    time.sleep(1.2)
+    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0  # the late instances re-armed the timer
+    assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM jobs") == 1, timeout=10)
+
+
+def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_factory, tmp_path, dcmtk):
+    from tests.helpers import StoreSCPProcess
+
+    port = free_port()
+    node = node_factory(extra_toml=(
+        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n"
+        "[jobs]\nmax_attempts = 3\nretry_backoff_s = 0.2\npoll_interval_s = 0.1\n"
+        "[send]\nreassociations = 0\nacse_timeout_s = 2\n"
+        f'[[destinations]]\nname = "pacs"\nae_title = "LATER"\nhost = "127.0.0.1"\nport = {port}\n'
+        '[routing]\nsend_results_to = ["pacs"]\n'
+    )).start()
+    files = write_mr_series(tmp_path / "s", 3)
+    run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
+    assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM jobs WHERE state = 'failed'") == 1, timeout=30)
+    assert node.index_count("SELECT attempts FROM jobs") == 3
+    listing = jobs_cli(node)
+    assert "failed" in listing.stdout and "0/3 acknowledged" in listing.stdout
+    assert len(node.events("job.retry")) == 2 and len(node.events("job.failed")) == 1
+    # the destination comes back; the operator re-queues the parked job
+    dest = StoreSCPProcess(tmp_path / "dest", ae_title="LATER", port=port).start()
+    try:
+        job_id = node.index_count("SELECT id FROM jobs")
+        assert jobs_cli(node, "--retry", str(job_id)).returncode == 0
+        sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+        assert wait_for(lambda: sent <= dest.received_sop_uids(), timeout=30)
+        assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM jobs WHERE state = 'done'") == 1)
+    finally:
+        dest.stop()
+
+
+def test_interrupted_job_is_recovered(tmp_path):
+    index = Index(tmp_path / "index.sqlite")
+    with index.transaction() as conn:
+        conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
+                     " VALUES ('1.2.3', '1.2', 0, 0)")
+    job_id = index.complete_series("1.2.3", before=1.0, job_kind="forward", max_attempts=3)
+    claimed = index.claim_job()
+    assert claimed.id == job_id and claimed.state == "running" and claimed.attempts == 1
+    # ... the node dies here; on restart the job is pending again and runs to completion
+    ran = []
+    runner = JobRunner(index, Config(jobs=JobsSection(workers=1)), {"forward": lambda job: ran.append(job.id) or "ok"},
+                       wakeup=__import__("threading").Event())
+    assert index.recover_interrupted_jobs() == 1
+    job = runner.run_one()
+    assert job.id == job_id and ran == [job_id]
+    final = index.get_job(job_id)
+    assert final.state == "done" and final.attempts == 2
+    index.close()
+
+
+def test_failing_job_backoff_and_dead_letter(tmp_path):
+    import threading
+
+    index = Index(tmp_path / "index.sqlite")
+    with index.transaction() as conn:
+        conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
+                     " VALUES ('1.2.3', '1.2', 0, 0)")
+    job_id = index.complete_series("1.2.3", before=1.0, job_kind="forward", max_attempts=2)
+
+    def boom(job):
+        raise RuntimeError("destination refused")
+
+    cfg = Config(jobs=JobsSection(retry_backoff_s=60.0), series=SeriesSection())
+    runner = JobRunner(index, cfg, {"forward": boom}, threading.Event())
+    runner.run_one()
+    job = index.get_job(job_id)
+    assert job.state == "pending" and job.not_before > time.time() + 50  # backs off
+    assert runner.run_one() is None  # not yet due
+    with index.transaction() as conn:
+        conn.execute("UPDATE jobs SET not_before = 0")
+    runner.run_one()
+    job = index.get_job(job_id)
+    assert job.state == "failed" and "destination refused" in job.last_error
+    assert index.requeue_job(job_id) and index.get_job(job_id).state == "pending"
+    index.close()
