@@ -93,3 +93,11 @@ def test_missing_config_file(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "cannot read config file" in proc.stderr
+
+
+def test_deploy_example_config_is_valid():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "node.toml")
+    assert cfg.routing.send_results_to == ("pacs",)
+    assert cfg.destination_by_ae("ORTHANC").port == 4242
