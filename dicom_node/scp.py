@@ -6,13 +6,11 @@ then answers; Q/R handlers translate identifiers through :mod:`dicom_node.qr`.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any, Iterator
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom import uid as _uid
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
@@ -29,7 +27,8 @@ from pynetdicom.sop_class import (
 from dicom_node import qr
 from dicom_node.config import Config
 from dicom_node.index import Index, StoredInstance
-from dicom_node.instance import InvalidInstance, parse_instance
+from dicom_node.filemeta import encode_file_meta
+from dicom_node.instance import STATUS_INVALID_UID, InvalidInstance, is_valid_uid, parse_instance
 from dicom_node.logs import log_event
 from dicom_node.netutil import NODELAY_HANDLERS
 from dicom_node.store import InstanceStore, StorageUnavailable
@@ -157,13 +156,18 @@ class NodeSCP:
     def handle_store(self, event: evt.Event) -> int | Dataset:
         req = event.request
         calling_ae = event.assoc.requestor.ae_title
+        staged = None
         try:
             body = req.DataSet.getvalue() if req.DataSet is not None else b""
-            info = parse_instance(
-                body, event.context.transfer_syntax, str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
-            )
-            meta = self._file_meta(event)
-            result = self.store.put(info, meta, body, calling_ae)
+            ts = str(event.context.transfer_syntax)
+            sop_class, sop_instance = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+            if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
+                raise InvalidInstance(STATUS_INVALID_UID, "the request's affected SOP class/instance UID is invalid")
+            # the file write + fsync runs while the data set is checked
+            staged = self.store.stage(encode_file_meta(sop_class, sop_instance, ts, calling_ae), body)
+            info = parse_instance(body, ts, sop_class, sop_instance)
+            result = self.store.commit(info, staged, calling_ae)
+            staged = None
         except InvalidInstance as exc:
             log_event(
                 LOG, "store.rejected", logging.WARNING, calling_ae=calling_ae, status=f"0x{exc.status:04X}",
@@ -171,30 +175,23 @@ class NodeSCP:
             )
             return _status(exc.status, exc.reason)
         except StorageUnavailable as exc:
+            staged = None  # commit removed it
             log_event(LOG, "store.out_of_resources", logging.ERROR, calling_ae=calling_ae, reason=str(exc))
             return _status(STATUS_OUT_OF_RESOURCES, str(exc))
         except Exception as exc:
             LOG.exception("unexpected error while storing")
             return _status(STATUS_PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
-        if result.outcome != "duplicate" or LOG.isEnabledFor(logging.DEBUG):
-            log_event(
-                LOG, f"instance.{result.outcome}", logging.DEBUG if result.outcome == "stored" else logging.INFO,
-                sop_instance_uid=info.sop_instance_uid, series_uid=info.series_uid, calling_ae=calling_ae,
-            )
+        finally:
+            if staged is not None:
+                self.store.discard(staged)
+        if result.outcome != "stored":
+            log_event(LOG, f"instance.{result.outcome}", sop_instance_uid=info.sop_instance_uid,
+                      series_uid=info.series_uid, calling_ae=calling_ae)
         if result.reopened_series:
             log_event(LOG, "series.reopened", logging.WARNING, series_uid=info.series_uid)
         for callback in self.on_stored:
             callback(info, result)
         return 0x0000
-
-    @staticmethod
-    def _file_meta(event: evt.Event) -> bytes:
-        meta = event.file_meta
-        meta.SourceApplicationEntityTitle = event.assoc.requestor.ae_title
-        buf = io.BytesIO()
-        buf.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buf, meta, enforce_standard=True)
-        return buf.getvalue()
 
     # -- C-FIND ----------------------------------------------------------------
     def handle_find(self, event: evt.Event) -> Iterator[tuple[Any, Any]]:

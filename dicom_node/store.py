@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,26 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _write_durably(path: Path, meta: bytes, body: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        _write_all(fd, meta)
+        _write_all(fd, body)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: Path
+    future: Future
+    size: int
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -80,6 +101,8 @@ class InstanceStore:
         for d in (self.instances_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._locks = [threading.Lock() for _ in range(64)]
+        # fsyncs release the GIL: running them here overlaps them with parsing and indexing
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-io")
         self._durable_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
 
@@ -105,8 +128,23 @@ class InstanceStore:
                 _fsync_dir(created.parent)
             self._durable_dirs.add(directory)
 
-    def put(self, info: InstanceInfo, meta: bytes, body: bytes, calling_ae: str | None = None) -> PutResult:
-        """Store one instance durably; ``meta`` is preamble + file meta, ``body`` the data set."""
+    def stage(self, meta: bytes, body: bytes) -> "StagedFile":
+        """Start writing and fsyncing the received bytes to a temp file, in the background.
+
+        The caller checks the data set meanwhile, then calls :meth:`commit` or :meth:`discard`.
+        """
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        return StagedFile(tmp, self._io.submit(_write_durably, tmp, meta, body), len(meta) + len(body))
+
+    def discard(self, staged: "StagedFile") -> None:
+        try:
+            staged.future.result()
+        except Exception:  # the write failed anyway; nothing to keep
+            pass
+        staged.path.unlink(missing_ok=True)
+
+    def commit(self, info: InstanceInfo, staged: "StagedFile", calling_ae: str | None = None) -> PutResult:
+        """Move a staged file into the store and index it; durable when this returns."""
         relpath = self.relpath_for(info)
         final = self.abspath(relpath)
         with self._locks[hash(info.sop_instance_uid) % len(self._locks)]:
@@ -117,32 +155,31 @@ class InstanceStore:
                 and previous.path == relpath
                 and self.abspath(previous.path).exists()
             ):
+                self.discard(staged)
                 return PutResult("duplicate", final)
-            tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
             try:
+                staged.future.result()
                 self._ensure_dir(final.parent)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                 try:
-                    _write_all(fd, meta)
-                    _write_all(fd, body)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                try:
-                    os.replace(tmp, final)
+                    os.replace(staged.path, final)
                 except FileNotFoundError:  # the directory vanished (removed by hand): recreate
                     self._durable_dirs.discard(final.parent)
                     self._ensure_dir(final.parent)
-                    os.replace(tmp, final)
-                _fsync_dir(final.parent)
-                outcome = self.index.upsert_instance(info, relpath, len(meta) + len(body), time.time(), calling_ae)
+                    os.replace(staged.path, final)
+                # The rename is visible at once (enough against a process crash); the directory
+                # fsync makes it survive a power cut and runs while the index commits.
+                dir_synced = self._io.submit(_fsync_dir, final.parent)
+                try:
+                    outcome = self.index.upsert_instance(info, relpath, staged.size, time.time(), calling_ae)
+                finally:
+                    dir_synced.result()
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
+                staged.path.unlink(missing_ok=True)
                 if exc.errno in _RESOURCE_ERRNOS:
                     raise StorageUnavailable(exc.errno, f"cannot store instance: {exc.strerror}") from exc
                 raise
             except BaseException:
-                tmp.unlink(missing_ok=True)
+                staged.path.unlink(missing_ok=True)
                 raise
             if outcome.previous is not None:
                 if outcome.previous.path != relpath:
@@ -160,6 +197,13 @@ class InstanceStore:
                 return PutResult("replaced", final, outcome.series_reopened)
             return PutResult("stored", final, outcome.series_reopened)
 
+    def put(self, info: InstanceInfo, meta: bytes, body: bytes, calling_ae: str | None = None) -> PutResult:
+        """Store one instance durably; ``meta`` is preamble + file meta, ``body`` the data set."""
+        return self.commit(info, self.stage(meta, body), calling_ae)
+
+    def close(self) -> None:
+        self._io.shutdown(wait=True)
+
     # -- start-up check ----------------------------------------------------
     @property
     def _clean_marker(self) -> Path:
@@ -174,6 +218,7 @@ class InstanceStore:
 
     def end_session(self) -> None:
         """Record a clean shutdown (everything committed; no reconciliation needed)."""
+        self.close()
         self._clean_marker.touch()
         _fsync_dir(self.root)
 
