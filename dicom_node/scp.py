@@ -96,7 +96,6 @@ class NodeSCP:
         self.index = index
         self.ae = self._build_ae()
         self.server = None
-        self.on_stored: list = []  # callbacks(info, result) after a durable store
 
     def _build_ae(self) -> AE:
         cfg = self.config.node
@@ -189,8 +188,6 @@ class NodeSCP:
                       series_uid=info.series_uid, calling_ae=calling_ae)
         if result.reopened_series:
             log_event(LOG, "series.reopened", logging.WARNING, series_uid=info.series_uid)
-        for callback in self.on_stored:
-            callback(info, result)
         return 0x0000
 
     # -- C-FIND ----------------------------------------------------------------

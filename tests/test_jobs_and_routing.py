@@ -87,12 +87,22 @@ def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_fact
         dest.stop()
 
 
-def test_interrupted_job_is_recovered(tmp_path):
-    index = Index(tmp_path / "index.sqlite")
-    with index.transaction() as conn:
-        conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
-                     " VALUES ('1.2.3', '1.2', 0, 0)")
-    job_id = index.complete_series("1.2.3", before=1.0, job_kind="forward", max_attempts=3)
+@pytest.fixture
+def index_with_job(tmp_path):
+    """An index holding one completed series and its pending 'forward' job."""
+
+    def make(max_attempts: int):
+        index = Index(tmp_path / "index.sqlite")
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
+                         " VALUES ('1.2.3', '1.2', 0, 0)")
+        return index, index.complete_series("1.2.3", before=1.0, job_kind="forward", max_attempts=max_attempts)
+
+    return make
+
+
+def test_interrupted_job_is_recovered(index_with_job):
+    index, job_id = index_with_job(max_attempts=3)
     claimed = index.claim_job()
     assert claimed.id == job_id and claimed.state == "running" and claimed.attempts == 1
     # ... the node dies here; on restart the job is pending again and runs to completion
@@ -107,14 +117,10 @@ def test_interrupted_job_is_recovered(tmp_path):
     index.close()
 
 
-def test_failing_job_backoff_and_dead_letter(tmp_path):
+def test_failing_job_backoff_and_dead_letter(index_with_job):
     import threading
 
-    index = Index(tmp_path / "index.sqlite")
-    with index.transaction() as conn:
-        conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
-                     " VALUES ('1.2.3', '1.2', 0, 0)")
-    job_id = index.complete_series("1.2.3", before=1.0, job_kind="forward", max_attempts=2)
+    index, job_id = index_with_job(max_attempts=2)
 
     def boom(job):
         raise RuntimeError("destination refused")

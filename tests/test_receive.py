@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -17,6 +18,17 @@ from pydicom.uid import generate_uid
 from dicom_node.synthetic import mr_image, write_mr_series
 from tests.helpers import run
 from tests.sample_objects import write_study
+
+
+@contextlib.contextmanager
+def chunked_sending():
+    """pynetdicom sends files byte for byte (its global switch, restored afterwards)."""
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +108,10 @@ def test_each_transfer_syntax_is_stored_byte_exact(node, tmp_path, name):
     ae.requested_contexts = [build_context(MRImageStorage, [TRANSFER_SYNTAXES[name]])]
     assoc = ae.associate("127.0.0.1", node.port, ae_title=node.ae_title)
     assert assoc.is_established
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the file's bytes, no re-encoding by the sender
     try:
-        assert assoc.send_c_store(path).Status == 0x0000
+        with chunked_sending():  # the file's bytes, no re-encoding by the sender
+            assert assoc.send_c_store(path).Status == 0x0000
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
         assoc.release()
         ae.shutdown()
     sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
@@ -140,11 +151,8 @@ def test_bad_instances_get_failure_status_and_association_survives(node, tmp_pat
         assert assoc.send_c_store(good).Status == 0x0000
         assert assoc.send_c_store(no_series).Status == 0xC220
         assert assoc.send_c_store(bad_uid).Status == 0xC221
-        _config.STORE_SEND_CHUNKED_DATASET = True  # send the truncated bytes as they are
-        try:
+        with chunked_sending():  # send the truncated bytes as they are
             status = assoc.send_c_store(truncated_path)
-        finally:
-            _config.STORE_SEND_CHUNKED_DATASET = False
         assert status.Status == 0xC210
         assert "declares" in status.ErrorComment
         assert assoc.send_c_store(after).Status == 0x0000
