@@ -143,6 +143,27 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         index.close()
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    return values
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from dicom_node.simulate import simulate_t2  # noqa: PLC0415
+
+    out = Path(args.out)
+    phantom = simulate_t2(out, seed=args.seed, snr=args.snr, te_ms=args.te, slices=args.slices, matrix=args.matrix,
+                          blood=args.blood, oedema=not args.no_oedema)
+    n = phantom.images.shape[0] * phantom.images.shape[1]
+    print(f"wrote {n} MR instances ({phantom.images.shape[0]} slices x {phantom.images.shape[1]} preparation times "
+          f"{', '.join(f'{t:g}' for t in phantom.te_ms)} ms, {args.matrix}x{args.matrix}, SNR {args.snr:g}) "
+          f"and truth.npz to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicom-node", description="DICOM node for cardiac MR quantification")
     p.add_argument("--version", action="version", version=f"dicom-node {__version__}")
@@ -165,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--aet", default="PINN_NODE", help="calling AE title (default PINN_NODE)")
     c.add_argument("--timeout", type=float, default=15.0)
     c.set_defaults(func=_cmd_send)
+
+    sim = sub.add_parser("simulate", help="write a synthetic series of the numerical phantom plus truth.npz")
+    sim_sub = sim.add_subparsers(dest="kind", required=True)
+    t2 = sim_sub.add_parser("t2", help="T2-prepared multi-echo short-axis series")
+    t2.add_argument("--out", required=True, help="output folder")
+    t2.add_argument("--seed", type=int, default=0)
+    t2.add_argument("--snr", type=float, default=40.0, help="myocardial M0 / noise SD (default 40)")
+    t2.add_argument("--te", type=_floats, default=(0.0, 35.0, 55.0), help="preparation times in ms (default 0,35,55)")
+    t2.add_argument("--slices", type=int, default=3)
+    t2.add_argument("--matrix", type=int, default=192)
+    t2.add_argument("--blood", choices=["bright", "black"], default="bright")
+    t2.add_argument("--no-oedema", action="store_true", help="no oedema sector (T2 60 ms) in the myocardium")
+    t2.set_defaults(func=_cmd_simulate)
 
     j = sub.add_parser("jobs", help="list jobs, or re-queue one")
     j.add_argument("--config", help="TOML configuration file (for the storage location)")

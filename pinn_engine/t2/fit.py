@@ -39,9 +39,15 @@ class T2Fit:
         return (self.flags & int(Flag.NO_ESTIMATE)) == 0
 
 
-def _rician_correct(y: np.ndarray, sigma: float) -> np.ndarray:
-    """First-order removal of the Rician bias E|y| ~ S + sigma^2 / (2 S)."""
-    return np.where(y > sigma, y - sigma * sigma / (2.0 * np.maximum(y, 1e-30)), y)
+def _rician_correct(y: np.ndarray, te: np.ndarray, sigma: float, first_pass) -> np.ndarray:
+    """First-order removal of the Rician bias E|y| ~ S + sigma^2 / (2 S).
+
+    S is taken from a first least-squares fit rather than from y itself, so the
+    correction removes the bias without amplifying the noise (d/dy of y - sigma^2/(2y)
+    would be 1 + sigma^2/(2 y^2)).
+    """
+    s_hat = first_pass.m0[:, None] * np.exp(-te / first_pass.t2_ms[:, None])
+    return np.where(s_hat > sigma, y - sigma * sigma / (2.0 * np.maximum(s_hat, 1e-30)), y)
 
 
 def fit_t2(
@@ -96,14 +102,12 @@ def fit_t2(
     y = img.transpose(0, 2, 3, 1).reshape(-1, te.size)[idx]
 
     t0 = time.perf_counter()
-    if est is not None and rician_correction:
-        y = _rician_correct(y, est.sigma)
     ref = fit_nlls(y, te)
     if est is None:
         est = noise.from_residuals(ref.rss, te.size)
-        if rician_correction:
-            y = _rician_correct(y, est.sigma)
-            ref = fit_nlls(y, te)
+    if rician_correction:
+        y = _rician_correct(y, te, est.sigma, ref)
+        ref = fit_nlls(y, te)
     timings["nlls"] = time.perf_counter() - t0
 
     flags = np.zeros(idx.size, dtype=np.uint8)

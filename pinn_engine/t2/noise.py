@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import ndimage, stats
 
 MIN_BACKGROUND = 500
 
@@ -28,24 +28,34 @@ class NoiseEstimate:
 
 
 def background_mask(images: np.ndarray) -> np.ndarray:
-    """Air pixels (S, H, W): all echoes low, by an iterated Rayleigh threshold."""
-    first = images[:, 0]
-    positive = first[first > 0]
-    if positive.size == 0:
+    """Air outside the body (S, H, W): dim and connected to the image border.
+
+    Works on the first echo smoothed over 5x5 pixels, where Rayleigh air is nearly uniform
+    (mean 1.25 sigma); dim tissue inside the body (lungs) is excluded by the border
+    connection. The threshold is iterated (2 sigma on the smoothed image); the result is
+    eroded away from the body edge (partial volume, ghosting).
+    """
+    first = images[:, 0].astype(np.float64)
+    if not (first > 0).any():
         return np.zeros(first.shape, dtype=bool)
-    # start from the dim quarter of the image, then keep values below 4 sigma (Rayleigh
-    # tail beyond 4 sigma: 3e-4) in every echo
-    cand = (images.max(axis=1) <= np.percentile(positive, 25)) & (first > 0)
+    smooth = np.stack([ndimage.uniform_filter(f, 5) for f in first])
+    threshold = 2.0 * np.percentile(smooth[first > 0], 25)
+    cand = np.zeros(first.shape, dtype=bool)
     for _ in range(3):
+        cand = np.stack([_border_connected(sm <= threshold) for sm in smooth]) & (first > 0)
         if cand.sum() < MIN_BACKGROUND:
             return np.zeros(first.shape, dtype=bool)
-        vals = images.transpose(1, 0, 2, 3)[:, cand]
-        sigma = np.sqrt((vals.astype(np.float64) ** 2).mean() / 2.0)
-        cand = (images.max(axis=1) < 4.0 * sigma) & (first > 0)
-    # stay away from the body edge (partial volume, ghosting): erode by 3 pixels
-    from scipy import ndimage
-
+        sigma = np.sqrt((first[cand] ** 2).mean() / 2.0)
+        threshold = 2.0 * sigma
     return np.stack([ndimage.binary_erosion(c, iterations=3) for c in cand])
+
+
+def _border_connected(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, edge[edge > 0])
 
 
 def from_background(images: np.ndarray, alpha_upper: float = 0.01) -> NoiseEstimate | None:
