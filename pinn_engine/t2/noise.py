@@ -28,25 +28,33 @@ class NoiseEstimate:
 
 
 def background_mask(images: np.ndarray) -> np.ndarray:
-    """Air outside the body (S, H, W): dim and connected to the image border.
+    """Air outside the body (S, H, W): dim, connected to the image border, Rayleigh-like.
 
-    Works on the first echo smoothed over 5x5 pixels, where Rayleigh air is nearly uniform
-    (mean 1.25 sigma); dim tissue inside the body (lungs) is excluded by the border
-    connection. The threshold is iterated (2 sigma on the smoothed image); the result is
-    eroded away from the body edge (partial volume, ghosting).
+    Starts from the image's 5th percentile read as a Rayleigh quantile, then thresholds the first echo smoothed over 5x5 pixels (air: mean 1.25 sigma, nearly
+    uniform) at 2 sigma, keeping what is connected to the border (dim tissue inside the
+    body, e.g. lungs, is not). The region is accepted only if its magnitude statistics
+    are Rayleigh (E[M]^2 / E[M^2] = pi/4); an image cropped to the body has no background.
+    The result is eroded away from the body edge (partial volume, ghosting).
     """
     first = images[:, 0].astype(np.float64)
-    if not (first > 0).any():
-        return np.zeros(first.shape, dtype=bool)
+    none = np.zeros(first.shape, dtype=bool)
+    positive = first[first > 0]
+    if positive.size < MIN_BACKGROUND:
+        return none
+    # the image's 5th percentile lies in air whenever air is >= ~15 % of it; as a Rayleigh
+    # 5th percentile (0.3203 sigma) it gives a start between ~1 and ~3 sigma
+    sigma = float(np.percentile(positive, 5)) / 0.3203
     smooth = np.stack([ndimage.uniform_filter(f, 5) for f in first])
-    threshold = 2.0 * np.percentile(smooth[first > 0], 25)
-    cand = np.zeros(first.shape, dtype=bool)
+    cand = none
     for _ in range(3):
-        cand = np.stack([_border_connected(sm <= threshold) for sm in smooth]) & (first > 0)
+        cand = np.stack([_border_connected(sm <= 2.0 * sigma) for sm in smooth]) & (first > 0)
         if cand.sum() < MIN_BACKGROUND:
-            return np.zeros(first.shape, dtype=bool)
-        sigma = np.sqrt((first[cand] ** 2).mean() / 2.0)
-        threshold = 2.0 * sigma
+            return none
+        sigma = float(np.sqrt((first[cand] ** 2).mean() / 2.0))
+    vals = first[cand]
+    ratio = vals.mean() ** 2 / (vals**2).mean()
+    if not 0.74 <= ratio <= 0.83:  # pi/4 = 0.785 for Rayleigh; -> 1 for tissue signal
+        return none
     return np.stack([ndimage.binary_erosion(c, iterations=3) for c in cand])
 
 
