@@ -1,0 +1,3 @@
+from pinn_engine.cli import main
+
+raise SystemExit(main())

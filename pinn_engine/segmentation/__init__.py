@@ -1,0 +1,1 @@
+"""Myocardium segmentation: synthetic training data, compact U-Net, heart localisation."""

@@ -1,0 +1,129 @@
+"""Inference: heart localisation on the full field of view, then segmentation of a crop.
+
+Pass 1 segments the whole field of view on the network grid and locates the heart (LV
+blood + myocardium + RV); pass 2 segments a window of 150-220 mm around the heart
+(common to all slices of the stack) and maps the class probabilities back to the
+original pixels. Both passes use the same network, trained on whole and cropped samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from pinn_engine.device import default_device
+from pinn_engine.segmentation.network import UNet
+from pinn_engine.segmentation.synth import GRID, normalise
+
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v1.pt"
+LOW_CONFIDENCE = 0.7
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray  # (slices, H, W) uint8: 0 background, 1 LV blood, 2 LV myocardium, 3 RV blood
+    confidence: np.ndarray  # (slices,) mean max-probability over predicted heart pixels
+    flags: list[list[str]] = field(default_factory=list)
+    window: tuple[float, float, float] | None = None  # crop centre (row, col) and half-size mm
+
+
+def to_three_channels(images: np.ndarray) -> np.ndarray:
+    """(S, C, H, W) -> (S, 3, H, W): all echoes used (first, middle, last); one image repeated."""
+    c = images.shape[1]
+    idx = [0, 0, 0] if c == 1 else [0, 1, 1] if c == 2 else [0, c // 2, c - 1]
+    return images[:, idx].astype(np.float64)
+
+
+def _window_coords(cy: float, cx: float, half_mm: float, spacing: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    dr, dc = spacing
+    rows = cy + np.linspace(-half_mm / dr, half_mm / dr, GRID)
+    cols = cx + np.linspace(-half_mm / dc, half_mm / dc, GRID)
+    return np.meshgrid(rows, cols, indexing="ij")
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+    return lab == int(np.argmax(sizes)) + 1
+
+
+class Segmenter:
+    def __init__(self, weights: Path | str | None = None, device: str | None = None) -> None:
+        path = Path(weights) if weights else DEFAULT_WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"segmentation weights not found: {path} (pinn-engine train-seg makes them)")
+        # weights_only: no arbitrary code from the file (the torch version object is allowed)
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        self.meta = ckpt.get("meta", {})
+        self.device = torch.device(device) if device else default_device()
+        self.model = UNet()
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        self.model.to(self.device).eval()
+
+    def _probabilities(self, windows: np.ndarray) -> np.ndarray:
+        x = np.stack([normalise(w) for w in windows]).astype(np.float32)
+        with torch.no_grad():
+            p = self.model(torch.as_tensor(x, device=self.device)).softmax(1)
+        return p.cpu().numpy()
+
+    def __call__(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> Segmentation:
+        """Segment a stack (slices, echoes, H, W) with pixel spacing (between rows, between columns)."""
+        stack = to_three_channels(np.asarray(images))
+        s, _, h, w = stack.shape
+        dr, dc = pixel_spacing_mm
+        flags: list[list[str]] = [[] for _ in range(s)]
+        # pass 1: whole field of view
+        half_full = max(h * dr, w * dc) / 2
+        yy, xx = _window_coords((h - 1) / 2, (w - 1) / 2, half_full, (dr, dc))
+        win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl] for sl in stack])
+        coarse = self._probabilities(win).argmax(1)
+        centres, extents = [], []
+        for k in range(s):
+            heart = _largest(np.isin(coarse[k], (1, 2)))
+            if heart.sum() < 10:
+                continue
+            r, c = np.nonzero(heart | (coarse[k] == 3))
+            centres.append((yy[r, c].mean(), xx[r, c].mean()))
+            extents.append(max(np.ptp(yy[r, c]) * dr, np.ptp(xx[r, c]) * dc))
+        if centres:
+            cy, cx = np.median(np.array(centres), axis=0)
+            half = float(np.clip(np.median(extents) * 1.7, 150.0, 220.0)) / 2
+        else:
+            cy, cx, half = (h - 1) / 2, (w - 1) / 2, half_full
+            for f in flags:
+                f.append("heart not found in the full field of view: segmented without a crop")
+        # pass 2: the window around the heart, probabilities mapped back to the image grid
+        yy, xx = _window_coords(cy, cx, half, (dr, dc))
+        win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl] for sl in stack])
+        prob = self._probabilities(win)
+        rows, cols = np.indices((h, w))
+        gr = (rows - yy[0, 0]) / (yy[-1, 0] - yy[0, 0]) * (GRID - 1)
+        gc = (cols - xx[0, 0]) / (xx[0, -1] - xx[0, 0]) * (GRID - 1)
+        inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
+        labels = np.zeros((s, h, w), np.uint8)
+        confidence = np.zeros(s)
+        for k in range(s):
+            full = np.zeros((4, h, w))
+            full[0] = 1.0
+            for c in range(4):
+                full[c][inside] = ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
+            lab = full.argmax(0).astype(np.uint8)
+            cleaned = np.zeros_like(lab)
+            for c in (1, 2, 3):
+                cleaned[_largest(lab == c)] = c
+            labels[k] = cleaned
+            heart = cleaned > 0
+            confidence[k] = float(full.max(0)[heart].mean()) if heart.any() else 0.0
+            for c, name in ((1, "LV blood pool"), (2, "myocardium"), (3, "RV")):
+                if not (cleaned == c).any():
+                    flags[k].append(f"no {name} found")
+            if heart.any() and confidence[k] < LOW_CONFIDENCE:
+                flags[k].append(f"low segmentation confidence ({confidence[k]:.2f})")
+        return Segmentation(labels, confidence, flags, (float(cy), float(cx), half))

@@ -1,0 +1,216 @@
+"""Physics-driven synthetic training data for segmentation (no real image is used).
+
+Each sample draws a random heart and torso from ``pinn_engine.phantom`` (size, shape,
+wall thickness, RV extent, papillary muscles, position, rotation, mirroring), random
+tissue M0/T2, and one contrast: T2-prepared multi-echo (bright or black blood), a single
+T2-weighted / fat-suppressed image, or a perfusion-like frame. Acquisition effects: black
+blood slow-flow signal, bright distractors (stomach, vessels), texture, receive-coil
+shading, k-space truncation (Gibbs, blur), Rician noise, background masking, gamma.
+Samples are either the whole field of view or a crop around the heart, resampled to the
+network grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from pinn_engine.phantom import Anatomy, Tissue, labels_of, tissue_map
+
+GRID = 128  # network input size
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (3, GRID, GRID) float32, normalised
+    labels: np.ndarray  # (GRID, GRID) uint8
+    kind: str  # full | crop
+
+
+def random_anatomy(rng: np.random.Generator, matrix: int, fov: float) -> Anatomy:
+    dilated = rng.random() < 0.12
+    return Anatomy(
+        matrix=matrix,
+        fov_mm=fov,
+        heart_offset_mm=(float(rng.uniform(-10, 55)), float(rng.uniform(-45, 20))),
+        rotation_deg=float(rng.normal(0, 25) if rng.random() < 0.85 else rng.uniform(-180, 180)),
+        mirrored=bool(rng.random() < 0.08),
+        lv_endo_radius_mm=float(rng.uniform(30, 40) if dilated else rng.uniform(12, 30)),
+        lv_ellipticity=float(rng.uniform(0.0, 0.2)),
+        lv_wall_mm=float(rng.uniform(13, 20) if rng.random() < 0.15 else rng.uniform(5, 13)),
+        wall_variation=float(rng.uniform(0.0, 0.35)),
+        rv_extent_mm=float(rng.uniform(20, 50)),
+        rv_angle_deg=float(rng.uniform(140, 200)),
+        rv_wall_mm=float(rng.uniform(2.0, 5.0)),
+        papillary_radius_mm=float(rng.uniform(0, 6)),
+        pericardial_fat_mm=float(rng.uniform(0, 6)),
+        body_semi_axes_mm=(float(rng.uniform(130, 190)), float(rng.uniform(90, 140))),
+        subcutaneous_fat_mm=float(rng.uniform(4, 25)),
+        oedema_sector_deg=(float(rng.uniform(0, 360)), float(rng.uniform(30, 120))) if rng.random() < 0.4 else None,
+        apex_scale=float(rng.uniform(0.4, 0.7)),
+    )
+
+
+# tissue -> (M0 range, T2 range ms)
+RANGES = {
+    Tissue.AIR: ((0, 0), (1, 1)),
+    Tissue.BODY: ((0.5, 0.9), (35, 60)),
+    Tissue.FAT: ((1.0, 1.8), (55, 90)),
+    Tissue.LUNG: ((0.02, 0.15), (30, 60)),
+    Tissue.LIVER: ((0.6, 1.0), (28, 45)),
+    Tissue.SPINE: ((0.3, 0.8), (40, 80)),
+    Tissue.LV_BLOOD: ((0.9, 1.6), (150, 260)),
+    Tissue.MYOCARDIUM: ((0.8, 1.1), (40, 55)),
+    Tissue.OEDEMA: ((0.85, 1.2), (58, 85)),
+    Tissue.RV_BLOOD: ((0.9, 1.6), (150, 260)),
+    Tissue.RV_WALL: ((0.8, 1.1), (40, 55)),
+    Tissue.PAPILLARY: ((0.8, 1.1), (40, 55)),
+    Tissue.PERICARDIAL_FAT: ((1.0, 1.8), (55, 90)),
+}
+
+
+def _smooth_field(rng, shape, scale, amplitude):
+    f = ndimage.gaussian_filter(rng.normal(0, 1, shape), scale)
+    f /= max(f.std(), 1e-9)
+    return 1.0 + amplitude * f
+
+
+def _blobs(rng, shape, n, radius_px):
+    yy, xx = np.indices(shape)
+    out = np.zeros(shape, bool)
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = rng.uniform(*radius_px)
+        out |= ((yy - cy) / r) ** 2 + ((xx - cx) / (r * rng.uniform(0.6, 1.6))) ** 2 <= 1
+    return out
+
+
+def _kspace_truncate(img, keep):
+    f = np.fft.fftshift(np.fft.fft2(img))
+    h, w = img.shape
+    kh, kw = int(h * keep / 2), int(w * keep / 2)
+    m = np.zeros_like(f)
+    m[h // 2 - kh:h // 2 + kh, w // 2 - kw:w // 2 + kw] = 1
+    if np.random.default_rng(int(keep * 1e6)).random() < 0.5:
+        win = np.outer(np.hanning(2 * kh), np.hanning(2 * kw))
+        m[h // 2 - kh:h // 2 + kh, w // 2 - kw:w // 2 + kw] = win
+    return np.fft.ifft2(np.fft.ifftshift(f * m))
+
+
+def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray, np.ndarray, float]:
+    """One synthetic slice at its native grid: (channels (3, H, W), labels, pixel size mm)."""
+    fov = float(rng.uniform(280, 400))
+    anatomy = random_anatomy(rng, matrix, fov)
+    level = float(rng.uniform(0.0, 1.0))
+    tissues = tissue_map(anatomy, level, supersample=1)
+    labels = labels_of(tissues)
+    m0 = np.zeros(tissues.shape)
+    t2 = np.ones(tissues.shape)
+    for tissue, ((a, b), (c, d)) in RANGES.items():
+        sel = tissues == tissue
+        m0[sel] = rng.uniform(a, b)
+        t2[sel] = rng.uniform(c, d)
+    m0 *= _smooth_field(rng, m0.shape, rng.uniform(2, 6), rng.uniform(0.0, 0.12))  # texture
+
+    contrast = rng.choice(["t2prep_bright", "t2prep_black", "t2w_black", "single_bright", "perfusion"],
+                          p=[0.25, 0.25, 0.25, 0.15, 0.10])
+    blood = (tissues == Tissue.LV_BLOOD) | (tissues == Tissue.RV_BLOOD)
+    if "black" in contrast:
+        m0[blood] *= rng.uniform(0.02, 0.12)
+        slow = blood & _blobs(rng, m0.shape, int(rng.integers(0, 6)), (2, 6))  # slow-flow signal
+        m0[slow] = rng.uniform(0.3, 1.0)
+        trab = blood & (ndimage.binary_dilation(labels == 2, iterations=2)) & (rng.random(m0.shape) < 0.3)
+        m0[trab] = rng.uniform(0.4, 0.9)
+    if contrast == "perfusion":
+        phase = rng.uniform(0, 1)
+        m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
+        m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
+        m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
+    if rng.random() < 0.35:  # fat suppression
+        m0[(tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)] *= rng.uniform(0.05, 0.3)
+    # bright distractors in the body (stomach, vessels, bowel)
+    body = tissues != Tissue.AIR
+    distract = body & ~ndimage.binary_dilation(labels > 0, iterations=3) & _blobs(
+        rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
+    m0[distract] = rng.uniform(0.8, 2.0)
+
+    if contrast.startswith("t2prep"):
+        te = np.array([0.0, rng.uniform(20, 35), rng.uniform(40, 65)])
+    else:
+        te = np.array([rng.uniform(0, 80)])
+    echoes = m0[None] * np.exp(-te[:, None, None] / t2[None])
+    shading = _smooth_field(rng, m0.shape, 40, rng.uniform(0.0, 0.4))
+    keep = rng.uniform(0.5, 1.0)
+    snr = rng.uniform(6, 45)
+    sigma = 1.0 / snr
+    out = []
+    for k in range(len(te)):
+        img = _kspace_truncate(echoes[k] * shading, keep)
+        shift = rng.normal(0, 0.5, 2) if k else (0, 0)  # inter-echo misregistration
+        img = ndimage.shift(img.real, shift, order=1) + 1j * ndimage.shift(img.imag, shift, order=1)
+        img = np.abs(img + rng.normal(0, sigma, img.shape) + 1j * rng.normal(0, sigma, img.shape))
+        out.append(img)
+    stack = np.stack(out)
+    if rng.random() < 0.4:  # background zeroed outside the body (as some exports do)
+        hull = ndimage.binary_dilation(body, iterations=int(rng.integers(1, 15)))
+        stack[:, ~hull] = 0
+    if stack.shape[0] == 1:
+        stack = np.repeat(stack, 3, axis=0)
+    return stack, labels, anatomy.pixel_mm
+
+
+def make_sample(rng: np.random.Generator) -> Sample:
+    """A training sample: a synthetic slice, whole or cropped around the heart, on the network grid."""
+    matrix = 192
+    stack, labels, pixel_mm = make_slice(rng, matrix)
+    # full field of view or a crop around the heart, resampled to GRID
+    heart = labels > 0
+    if rng.random() < 0.5 and heart.any():
+        cy, cx = ndimage.center_of_mass(heart)
+        size_mm = rng.uniform(150, 220)
+        half = size_mm / pixel_mm / 2
+        cy += rng.normal(0, half * 0.12)
+        cx += rng.normal(0, half * 0.12)
+        kind = "crop"
+    else:
+        cy = cx = (matrix - 1) / 2
+        half = matrix / 2
+        kind = "full"
+    image, lab = resample_window(stack, labels, cy, cx, half, GRID)
+    image = normalise(image)
+    if rng.random() < 0.5:
+        image = image ** rng.uniform(0.6, 1.6)
+    k = int(rng.integers(0, 4))
+    image, lab = np.rot90(image, k, axes=(1, 2)), np.rot90(lab, k)
+    if rng.random() < 0.5:
+        image, lab = image[:, :, ::-1], lab[:, ::-1]
+    return Sample(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(lab, dtype=np.uint8), kind)
+
+
+def resample_window(stack: np.ndarray, labels: np.ndarray | None, cy: float, cx: float, half: float,
+                    size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Square window of half-width ``half`` px around (cy, cx) resampled to size x size."""
+    coords = np.linspace(-half, half, size)
+    yy, xx = np.meshgrid(cy + coords, cx + coords, indexing="ij")
+    img = np.stack([ndimage.map_coordinates(s, [yy, xx], order=1, mode="constant") for s in stack])
+    lab = None if labels is None else ndimage.map_coordinates(labels, [yy, xx], order=0, mode="constant")
+    return img, lab
+
+
+def normalise(image: np.ndarray) -> np.ndarray:
+    """Scale by the 99th percentile of the first channel's non-zero pixels."""
+    ref = image[0][image[0] > 0]
+    p = np.percentile(ref, 99) if ref.size else 1.0
+    return np.clip(image / max(p, 1e-6), 0, 3)
+
+
+def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 3, GRID, GRID), np.float16)
+    labels = np.empty((n, GRID, GRID), np.uint8)
+    for i in range(n):
+        s = make_sample(rng)
+        images[i], labels[i] = s.image, s.labels
+    return images, labels
