@@ -45,7 +45,8 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
 
     from pinn_engine.segmentation.train import train  # noqa: PLC0415
 
-    train(Path(args.out), seed=args.seed, samples=args.samples, minutes=args.minutes, batch=args.batch)
+    train(Path(args.out), seed=args.seed, samples=args.samples, minutes=args.minutes, batch=args.batch,
+          steps=args.steps)
     return 0
 
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--samples", type=int, default=6000)
     t.add_argument("--minutes", type=float, default=100.0, help="wall-clock budget including data generation")
     t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--steps", type=int, help="fixed number of steps (reproducible); default: until --minutes")
     t.set_defaults(func=_cmd_train_seg)
     return p
 

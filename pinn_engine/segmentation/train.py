@@ -75,8 +75,13 @@ def predict(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray
 
 
 def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0, batch: int = 16,
-          validation: int = 200, lr: float = 2e-3, log=print) -> dict:
-    """Generate data, train for at most ``minutes``, save fp16 weights + metadata to ``out``."""
+          validation: int = 200, lr: float = 2e-3, steps: int | None = None, log=print) -> dict:
+    """Generate data, train, save fp16 weights + metadata to ``out``.
+
+    With ``steps`` the run is reproducible from the seed (same data, batches and
+    schedule); ``minutes`` is then only a safety limit. Without it, training stops when
+    the time budget is used (the step count is recorded to reproduce the run).
+    """
     t_start = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -93,18 +98,22 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
     t_train = time.time()
     est_steps = None
     losses = []
-    while time.time() - t_train < budget:
+    def progress() -> float:
+        if steps is not None:
+            return step / steps
+        return (time.time() - t_train) / budget
+
+    while progress() < 1.0 and time.time() - t_train < budget:
         perm = torch.randperm(len(x_train), generator=gen)
         for i in range(0, len(perm) - batch + 1, batch):
-            elapsed = time.time() - t_train
-            if elapsed >= budget:
+            if progress() >= 1.0 or time.time() - t_train >= budget:
                 break
             idx = perm[i:i + batch]
             x = _augment(torch.as_tensor(x_train[idx.numpy()], dtype=torch.float32), gen)
             y = torch.as_tensor(y_train[idx.numpy()], dtype=torch.long)
-            # cosine schedule over the time budget
+            # cosine schedule over the run
             for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(elapsed / budget, 1.0)))
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress(), 1.0)))
             model.train()
             opt.zero_grad()
             loss = loss_fn(model(x), y, weights)
@@ -114,7 +123,7 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
             step += 1
             if step % 200 == 0:
                 rate = step / (time.time() - t_train)
-                est_steps = int(rate * budget)
+                est_steps = steps or int(rate * budget)
                 log(f"  step {step}/{est_steps} epoch {epoch} loss {np.mean(losses[-200:]):.4f}")
         epoch += 1
     pred = predict(model, x_val.astype(np.float32))
