@@ -1,0 +1,1 @@
+"""DICOM encoding of the engine's results (highdicom): Parametric Maps, SEG, SR, display copies."""

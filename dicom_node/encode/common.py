@@ -1,0 +1,91 @@
+"""Shared pieces of the derived objects: deterministic UIDs, algorithm identity, attributes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, generate_uid
+
+from dicom_node import __version__
+
+# Deterministic UIDs under pydicom's registered root. Passing the prefix explicitly matters:
+# with prefix=None pydicom ignores entropy_srcs and returns a random 2.25 UID.
+UID_ROOT = "1.2.826.0.1.3680043.8.498."
+MANUFACTURER = "PINN DICOM node"
+MODEL_NAME = "pinn-dicom-node"
+HEART = hd.sr.CodedConcept("80891009", "SCT", "Heart")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    version: str = __version__
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parameter_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.parameters, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def identification(self) -> hd.AlgorithmIdentificationSequence:
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name,
+            family=codes.DCM.ArtificialIntelligence,
+            version=self.version,
+            parameters={k: str(v) for k, v in self.parameters.items()},
+        )
+
+
+def derived_uid(source_series_uid: str, kind: str, algorithm: Algorithm, *extra: Any) -> UID:
+    """Same source series + object kind + algorithm version/parameters -> same UID."""
+    return generate_uid(
+        prefix=UID_ROOT,
+        entropy_srcs=[source_series_uid, kind, algorithm.name, algorithm.version, algorithm.parameter_hash,
+                      *map(str, extra)],
+    )
+
+
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Patient and study attributes of the source (some encoders drop a few of them)."""
+    for kw in PATIENT_STUDY_KEYWORDS:
+        if kw in source:
+            setattr(target, kw, source[kw].value)
+
+
+def finish(ds: Dataset, source: Dataset) -> Dataset:
+    """Attributes highdicom does not expose: body part, creator, patient/study copies."""
+    ds.BodyPartExamined = "HEART"
+    ds.ContentCreatorName = MANUFACTURER.replace(" ", "^")
+    copy_patient_study(source, ds)
+    return ds
+
+
+def frame_anatomy() -> Dataset:
+    """Frame Anatomy functional group: heart, laterality unpaired (dcmqi needs it)."""
+    item = Dataset()
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "80891009", "SCT", "Heart"
+    item.AnatomicRegionSequence = [region]
+    item.FrameLaterality = "U"
+    return item
+
+
+def position_order(images: Sequence[Dataset]) -> list[int]:
+    """Indices that sort the images along their slice normal."""
+    import numpy as np
+
+    iop = np.array(images[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    return sorted(range(len(images)), key=lambda i: float(np.array(images[i].ImagePositionPatient, dtype=float) @ normal))

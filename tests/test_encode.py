@@ -1,0 +1,111 @@
+"""Derived objects: Parametric Maps and SEG validated by dciodvfy and read back."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.encode.common import Algorithm
+from dicom_node.encode.parametric_map import encode_parametric_map, t2_bound_spec, t2_map_spec
+from dicom_node.encode.segmentation import AHA_CODES, encode_segmentation
+from dicom_node.simulate import simulate_t2
+from pinn_engine.aha import SliceGeometry, assign_aha
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    simulate_t2(out, seed=11, matrix=96, slices=3)
+    ds = [pydicom.dcmread(p) for p in sorted(out.glob("*.dcm"))]
+    first = sorted([d for d in ds if float(d.EchoTime) == 0], key=lambda d: d.InstanceNumber)
+    truth = np.load(out / "truth.npz")
+    return first, truth
+
+
+def dciodvfy(ds: pydicom.Dataset, tmp_path: Path) -> list[str]:
+    assert shutil.which("dciodvfy"), "dicom3tools missing: scripts/bootstrap.sh installs it"
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("Error", "Warning"))]
+
+
+ALG = Algorithm("pinn-t2", parameters={"method": "nlls", "confidence": 0.95})
+
+
+def frames(ds: pydicom.Dataset) -> np.ndarray:
+    arr = ds.pixel_array
+    return arr if arr.ndim == 3 else arr[None]
+
+
+def frame_slices(ds: pydicom.Dataset, sources: list[pydicom.Dataset]) -> list[int]:
+    """Index into ``sources`` of every frame, by its plane position."""
+    iop = np.array(sources[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    z_src = [float(np.array(d.ImagePositionPatient, float) @ normal) for d in sources]
+    out = []
+    for group in ds.PerFrameFunctionalGroupsSequence:
+        z = float(np.array(group.PlanePositionSequence[0].ImagePositionPatient, float) @ normal)
+        out.append(int(np.argmin([abs(z - v) for v in z_src])))
+    return out
+
+
+@pytest.mark.parametrize("spec", [t2_map_spec(), t2_bound_spec(0.95)], ids=["t2", "bound"])
+def test_parametric_map_valid_and_round_trips(series, tmp_path, spec):
+    first, truth = series
+    values = truth["t2_ms"].astype(np.float64)
+    values[0, 0, 0] = np.nan  # no estimate -> sentinel 0
+    pm = encode_parametric_map(first, values, spec, ALG, 900)
+    assert dciodvfy(pm, tmp_path) == []
+    back = pydicom.dcmread(tmp_path / f"{pm.SOPInstanceUID}.dcm")
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and back.BodyPartExamined == "HEART"
+    assert list(back.ImageType)[3] == spec.image_type
+    rwvm = back.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert rwvm.LUTLabel == spec.lut_label and rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "ms"
+    assert back.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "U"
+    expected = np.where(np.isfinite(values), values, 0).astype(np.float32)
+    for frame, k in zip(frames(back), frame_slices(back, first)):
+        np.testing.assert_array_equal(frame, expected[k])
+    assert back.StudyInstanceUID == first[0].StudyInstanceUID and back.PatientID == first[0].PatientID
+
+
+def test_uids_are_deterministic_and_versioned(series):
+    first, truth = series
+    a = encode_parametric_map(first, truth["t2_ms"], t2_map_spec(), ALG, 900)
+    b = encode_parametric_map(first[::-1], truth["t2_ms"][::-1], t2_map_spec(), ALG, 900)
+    c = encode_parametric_map(first, truth["t2_ms"], t2_map_spec(), Algorithm("pinn-t2", "9.9", ALG.parameters), 900)
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+    np.testing.assert_array_equal(frames(a), frames(b))  # input order does not matter
+    assert c.SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_segmentation_valid_with_aha_segments(series, tmp_path):
+    first, truth = series
+    labels = truth["labels"]
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+                          tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
+    aha = assign_aha(labels, geom)
+    seg, tracking = encode_segmentation(first, labels, aha.labels, Algorithm("pinn-seg"), 901)
+    assert dciodvfy(seg, tmp_path) == []
+    back = pydicom.dcmread(tmp_path / f"{seg.SOPInstanceUID}.dcm")
+    assert back.SegmentationType == "BINARY" and back.BodyPartExamined == "HEART"
+    segs = {s.SegmentNumber: s for s in back.SegmentSequence}
+    assert segs[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "49848007"
+    present = aha.segments_present()
+    assert tracking[f"AHA segment {present[0]}"] == 4
+    aha_codes = {s.SegmentedPropertyTypeCodeSequence[0].CodeValue for n, s in segs.items() if n > 3}
+    assert aha_codes == {AHA_CODES[k][0] for k in present}
+    for s in segs.values():
+        assert s.SegmentAlgorithmType == "AUTOMATIC" and "RecommendedDisplayCIELabValue" in s
+    # frames: each (segment, slice) mask equals the input
+    for frame, k, group in zip(frames(back), frame_slices(back, first), back.PerFrameFunctionalGroupsSequence):
+        number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        expected = {1: labels[k] == 2, 2: labels[k] == 1, 3: labels[k] == 3}.get(number)
+        if expected is None:
+            expected = aha.labels[k] == present[number - 4]
+        np.testing.assert_array_equal(frame.astype(bool), expected)
