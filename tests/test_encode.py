@@ -109,3 +109,82 @@ def test_segmentation_valid_with_aha_segments(series, tmp_path):
         if expected is None:
             expected = aha.labels[k] == present[number - 4]
         np.testing.assert_array_equal(frame.astype(bool), expected)
+
+
+def _report_inputs(series, tmp_path):
+    from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT
+    from dicom_node.encode.report import RegionResult, ReportContext
+
+    first, truth = series
+    labels, t2 = truth["labels"], truth["t2_ms"].astype(np.float64)
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+                          tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
+    aha = assign_aha(labels, geom)
+    pm = encode_parametric_map(first, t2, t2_map_spec(), ALG, 900)
+    seg, tracking = encode_segmentation(first, labels, aha.labels, ALG, 901)
+    px = float(first[0].PixelSpacing[0]) * float(first[0].PixelSpacing[1])
+    regions = []
+    for seg_no, mask in [(None, labels == 2)] + [(k, aha.labels == k) for k in aha.segments_present()]:
+        v = t2[mask]
+        frames = tuple(int(i) + 1 for i in np.nonzero(mask.any(axis=(1, 2)))[0])
+        regions.append(RegionResult(seg_no, float(v.mean()), float(v.std()), 0.5, int(mask.sum()),
+                                    float(mask.sum() * px), frames, ("test flag",) if seg_no is None else ()))
+    ctx = ReportContext(T2_CODE, T2_UNIT, 0.95, {"confidence": 0.95, "noise_sigma": 12.5})
+    return first, pm, seg, tracking, regions, ctx
+
+
+def test_report_valid_and_readable(series, tmp_path):
+    from dicom_node.encode.report import encode_report
+
+    first, pm, seg, tracking, regions, ctx = _report_inputs(series, tmp_path)
+    sr = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert dciodvfy(sr, tmp_path) == []
+    path = tmp_path / f"{sr.SOPInstanceUID}.dcm"
+    assert subprocess.run(["dsrdump", "+Pt", str(path)], capture_output=True).returncode == 0
+    again = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
+    assert again.SOPInstanceUID == sr.SOPInstanceUID
+
+
+def test_dcmqi_reads_every_object_and_sr_means_equal_pm_over_seg(series, tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    from dicom_node.encode.report import encode_report
+
+    bindir = Path(__import__("sys").executable).parent  # the virtual environment's bin (not resolved)
+    tool = lambda name: str(bindir / name) if (bindir / name).exists() else name  # noqa: E731
+    first, pm, seg, tracking, regions, ctx = _report_inputs(series, tmp_path)
+    sr = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
+    paths = {}
+    for name, ds in (("pm", pm), ("seg", seg), ("sr", sr)):
+        paths[name] = tmp_path / f"{name}.dcm"
+        ds.save_as(paths[name], enforce_file_format=True)
+    (tmp_path / "pm_out").mkdir()
+    (tmp_path / "seg_out").mkdir()
+    run = lambda *a: subprocess.run([str(x) for x in a], capture_output=True, text=True, timeout=120)  # noqa: E731
+    r = run(tool("paramap2itkimage"), "--inputDICOM", paths["pm"], "--outputDirectory", tmp_path / "pm_out", "-t", "nrrd")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(tool("segimage2itkimage"), "--inputDICOM", paths["seg"], "--outputDirectory", tmp_path / "seg_out",
+            "-t", "nrrd")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run(tool("tid1500reader"), "--inputDICOM", paths["sr"], "--outputMetadata", tmp_path / "sr.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pm_img = sitk.ReadImage(str(tmp_path / "pm_out" / "pmap.nrrd"))
+    pm_values = sitk.GetArrayFromImage(pm_img)
+    # the map read back equals what was written (slices matched by position)
+    t2 = series[1]["t2_ms"].astype(np.float32)
+    assert any(np.array_equal(pm_values, t) for t in (t2, t2[::-1]))
+    report = json.loads((tmp_path / "sr.json").read_text())
+    checked = 0
+    for group in report["Measurements"]:
+        number = int(group["ReferencedSegment"])
+        seg_img = sitk.ReadImage(str(tmp_path / "seg_out" / f"{number}.nrrd"))
+        mask = sitk.GetArrayFromImage(sitk.Resample(seg_img, pm_img, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+        mean_item = next(m for m in group["measurementItems"] if m.get("derivationModifier", {}).get("CodeValue") == "373098007")
+        assert abs(float(mean_item["value"]) - float(pm_values[mask].mean())) < 0.01
+        prop = mean_item["measurementNumProperties"][0]
+        assert prop["numProperty"]["CodeValue"] == "371884006" and prop["numPropertyUnits"]["CodeValue"] == "ms"
+        checked += 1
+    assert checked == len(regions)

@@ -64,10 +64,11 @@ def copy_patient_study(source: Dataset, target: Dataset) -> None:
             setattr(target, kw, source[kw].value)
 
 
-def finish(ds: Dataset, source: Dataset) -> Dataset:
-    """Attributes highdicom does not expose: body part, creator, patient/study copies."""
-    ds.BodyPartExamined = "HEART"
-    ds.ContentCreatorName = MANUFACTURER.replace(" ", "^")
+def finish(ds: Dataset, source: Dataset, image: bool = True) -> Dataset:
+    """Attributes highdicom does not expose: body part, creator (images), patient/study copies."""
+    if image:
+        ds.BodyPartExamined = "HEART"
+        ds.ContentCreatorName = MANUFACTURER.replace(" ", "^")
     copy_patient_study(source, ds)
     return ds
 

@@ -69,6 +69,24 @@ def _set_value4(pm: Dataset, value: str) -> None:
             item.FrameType = [*list(item.FrameType)[:3], value]
 
 
+def _frames_along_normal(pm: Dataset) -> None:
+    """Order the frames by position along row x column (highdicom orders them by distance
+    from the coordinate origin); readers that stack frames without looking at their
+    positions, such as dcmqi's paramap2itkimage, then place every frame correctly."""
+    iop = np.array(pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    groups = list(pm.PerFrameFunctionalGroupsSequence)
+    z = [float(np.array(g.PlanePositionSequence[0].ImagePositionPatient, float) @ normal) for g in groups]
+    order = np.argsort(z, kind="stable")
+    if (order == np.arange(len(order))).all():
+        return
+    frames = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(groups), pm.Rows, pm.Columns)
+    pm.FloatPixelData = np.ascontiguousarray(frames[order]).tobytes()
+    pm.PerFrameFunctionalGroupsSequence = [groups[i] for i in order]
+    for k, group in enumerate(pm.PerFrameFunctionalGroupsSequence, start=1):
+        group.FrameContentSequence[0].DimensionIndexValues = [k]
+
+
 def encode_parametric_map(
     source_images: Sequence[Dataset],
     values: np.ndarray,
@@ -124,6 +142,7 @@ def encode_parametric_map(
     )
     # highdicom writes the generic QUANTITY; the MR/PM defined terms say what the map is
     _set_value4(pm, spec.image_type)
+    _frames_along_normal(pm)
     pm.SeriesDescription = spec.series_description
     pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [frame_anatomy()]
     return finish(pm, sources[0])
