@@ -188,3 +188,53 @@ def test_dcmqi_reads_every_object_and_sr_means_equal_pm_over_seg(series, tmp_pat
         assert prop["numProperty"]["CodeValue"] == "371884006" and prop["numPropertyUnits"]["CodeValue"] == "ms"
         checked += 1
     assert checked == len(regions)
+
+
+def _all_objects(series, tmp_path):
+    from dicom_node.encode.display import Picture, encode_pdf, encode_secondary_capture, figure_pdf, figure_rgb, render
+    from dicom_node.encode.report import encode_report
+
+    first, pm, seg, tracking, regions, ctx = _report_inputs(series, tmp_path)
+    bound = encode_parametric_map(first, np.full(series[1]["t2_ms"].shape, 2.5), t2_bound_spec(0.95), ALG, 903)
+    sr = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
+    anatomy = np.stack([d.pixel_array for d in first]).astype(float)
+    labels = series[1]["labels"]
+    picture = Picture(anatomy, series[1]["t2_ms"], labels == 2, "T2", "ms", (30.0, 80.0), regions,
+                      "pinn-t2 test", 0.95)
+    sc = encode_secondary_capture(figure_rgb(render(picture)), first[0], ALG, "T2", 905)
+    pdf = encode_pdf(figure_pdf(render(picture, table=True)), first[0], ALG, "T2", 906, "T2 mapping report")
+    return first, {"pm": pm, "bound": bound, "seg": seg, "sr": sr, "sc": sc, "pdf": pdf}
+
+
+def test_display_copies_valid_and_carry_patient_study(series, tmp_path):
+    first, objs = _all_objects(series, tmp_path)
+    for name in ("sc", "pdf"):
+        ds = objs[name]
+        assert dciodvfy(ds, tmp_path) == [], name
+        for kw in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDescription", "PatientAge", "PatientWeight"):
+            assert ds.get(kw) == first[0].get(kw), (name, kw)
+        assert ds.BurnedInAnnotation == "YES"
+    sc = objs["sc"]
+    assert sc.SamplesPerPixel == 3 and sc.PhotometricInterpretation == "RGB" and sc.pixel_array.ndim == 3
+    assert objs["pdf"].EncapsulatedDocument.startswith(b"%PDF")
+
+
+def test_dcentvfy_source_plus_derived(series, tmp_path):
+    first, objs = _all_objects(series, tmp_path)
+    paths = []
+    for d in first:
+        p = tmp_path / f"src_{d.SOPInstanceUID}.dcm"
+        d.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    for name, ds in objs.items():
+        p = tmp_path / f"{name}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    proc = subprocess.run(["dcentvfy", *map(str, paths)], capture_output=True, text=True)
+    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+    unexpected = [l for l in lines if "AccessionNumber" not in l]
+    assert unexpected == [], unexpected
+    # every derived object joins the source study, one series per object kind
+    series_uids = {ds.SeriesInstanceUID for ds in objs.values()}
+    assert len(series_uids) == len(objs) and first[0].SeriesInstanceUID not in series_uids
+    assert {ds.StudyInstanceUID for ds in objs.values()} == {first[0].StudyInstanceUID}

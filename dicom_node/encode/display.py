@@ -1,0 +1,208 @@
+"""Display copies any PACS shows: RGB Secondary Capture and Encapsulated PDF report.
+
+The picture: the colour map of every slice over the anatomy, a colour bar in the
+quantity's unit, the AHA bull's-eye with mean +/- bound per segment, and a research-use
+banner. The PDF adds the per-segment table. Both carry the source's patient/study data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import highdicom as hd
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Wedge  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
+
+from dicom_node.encode.common import (  # noqa: E402
+    MANUFACTURER,
+    MODEL_NAME,
+    Algorithm,
+    copy_patient_study,
+    derived_uid,
+)
+from dicom_node.encode.report import RegionResult  # noqa: E402
+
+BANNER = "RESEARCH USE - NOT FOR PRIMARY DIAGNOSIS"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+# bull's-eye: (ring, first segment, number of sectors); sectors run counter-clockwise
+# from the top (anterior) towards the septum (viewer's left), as in the AHA display
+_RINGS = ((3, 1, 6), (2, 7, 6), (1, 13, 4))
+
+
+@dataclass(frozen=True)
+class Picture:
+    anatomy: np.ndarray  # (slices, H, W) grey image (e.g. first echo)
+    values: np.ndarray  # (slices, H, W) the map
+    overlay: np.ndarray  # (slices, H, W) bool: where the colour map is shown
+    quantity: str  # e.g. "T2"
+    unit: str  # e.g. "ms"
+    window: tuple[float, float]  # colour scale (low, high)
+    regions: Sequence[RegionResult]
+    method: str  # one line: algorithm, version, confidence
+    confidence: float
+
+
+def _bullseye(ax, regions: Sequence[RegionResult], window: tuple[float, float], cmap) -> None:
+    by_segment = {r.aha: r for r in regions if r.aha is not None}
+    norm = matplotlib.colors.Normalize(*window)
+    for ring, first, count in _RINGS:
+        width = 360.0 / count
+        offset = 90.0 - width / 2  # segment `first` centred on the top
+        for k in range(count):
+            seg = first + k
+            start = offset + k * width
+            r = by_segment.get(seg)
+            colour = cmap(norm(r.mean)) if r else (0.85, 0.85, 0.85, 1.0)
+            ax.add_patch(Wedge((0, 0), ring, start, start + width, width=1.0, facecolor=colour, edgecolor="black",
+                               linewidth=0.8))
+            angle = np.radians(start + width / 2)
+            text = f"{seg}\n{r.mean:.0f}±{r.bound:.1f}" if r else f"{seg}\n-"
+            ax.text((ring - 0.5) * np.cos(angle), (ring - 0.5) * np.sin(angle), text, ha="center", va="center",
+                    fontsize=6.5)
+    r17 = by_segment.get(17)
+    ax.add_patch(plt.Circle((0, 0), 0.0 if r17 is None else 0.45, facecolor=cmap(norm(r17.mean)) if r17 else "none",
+                            edgecolor="black", linewidth=0.8))
+    if r17:
+        ax.text(0, 0, f"17\n{r17.mean:.0f}±{r17.bound:.1f}", ha="center", va="center", fontsize=6)
+    ax.set_xlim(-3.2, 3.2)
+    ax.set_ylim(-3.2, 3.2)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title("AHA segments: mean ± bound", fontsize=9)
+
+
+def render(picture: Picture, table: bool = False) -> plt.Figure:
+    """The display figure (and, for the PDF, the per-segment table below it)."""
+    n = picture.values.shape[0]
+    fig = plt.figure(figsize=(3.0 * n + 4.2, 8.6 if table else 4.6), dpi=150)
+    grid = fig.add_gridspec(2 if table else 1, n + 1, height_ratios=[4.6, 4.0] if table else [1.0],
+                            width_ratios=[3.0] * n + [4.2])
+    cmap = plt.get_cmap("turbo")
+    lo, hi = picture.window
+    for k in range(n):
+        ax = fig.add_subplot(grid[0, k])
+        grey = picture.anatomy[k]
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=np.percentile(grey, 99.5) or 1)
+        shown = np.ma.masked_where(~picture.overlay[k], picture.values[k])
+        im = ax.imshow(shown, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(f"slice {k + 1}", fontsize=9)
+        ax.axis("off")
+    bar = fig.colorbar(im, ax=fig.axes[:n], fraction=0.025, pad=0.01)
+    bar.set_label(f"{picture.quantity} ({picture.unit})")
+    _bullseye(fig.add_subplot(grid[0, n]), picture.regions, picture.window, cmap)
+    fig.suptitle(BANNER, color="red", fontsize=12, fontweight="bold")
+    fig.text(0.01, 0.005, picture.method, fontsize=7)
+    if table:
+        ax = fig.add_subplot(grid[1, :])
+        ax.axis("off")
+        rows = [["LV myocardium" if r.aha is None else f"{r.aha}", f"{r.mean:.1f}", f"{r.sd:.1f}",
+                 f"±{r.bound:.2f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
+        header = ["segment", f"mean ({picture.unit})", f"SD ({picture.unit})",
+                  f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
+        t = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")
+        t.auto_set_font_size(False)
+        t.set_fontsize(7)
+        t.scale(1.0, 1.05)
+    return fig
+
+
+def figure_rgb(fig: plt.Figure) -> np.ndarray:
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def figure_pdf(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="pdf")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def encode_secondary_capture(rgb: np.ndarray, source: Dataset, algorithm: Algorithm, kind: str,
+                             series_number: int) -> Dataset:
+    """RGB Secondary Capture of the display picture, in the source's study."""
+    series_uid = source.SeriesInstanceUID
+    sc = hd.sc.SCImage(
+        pixel_array=rgb.astype(np.uint8),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=derived_uid(series_uid, f"sc-{kind}-series", algorithm),
+        series_number=series_number,
+        sop_instance_uid=derived_uid(series_uid, f"sc-{kind}", algorithm),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        patient_id=source.get("PatientID", ""),
+        patient_name=source.get("PatientName", ""),
+        patient_birth_date=source.get("PatientBirthDate", ""),
+        patient_sex=source.get("PatientSex", ""),
+        accession_number=source.get("AccessionNumber", ""),
+        study_id=source.get("StudyID", ""),
+        study_date=source.get("StudyDate", ""),
+        study_time=source.get("StudyTime", ""),
+        referring_physician_name=source.get("ReferringPhysicianName", ""),
+        patient_orientation=("L", "P"),  # required by highdicom; blanked below
+    )
+    sc.PatientOrientation = None  # type 2C: not meaningful for a composed picture
+    sc.BurnedInAnnotation = "YES"
+    sc.ConversionType = "WSD"
+    sc.BodyPartExamined = "HEART"
+    sc.SeriesDescription = f"{kind} display (research use) (PINN node)"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    copy_patient_study(source, sc)
+    return sc
+
+
+def encode_pdf(pdf: bytes, source: Dataset, algorithm: Algorithm, kind: str, series_number: int,
+               title: str) -> Dataset:
+    """Encapsulated PDF report in the source's study."""
+    series_uid = source.SeriesInstanceUID
+    now = _dt.datetime.now()
+    ds = Dataset()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF
+    ds.SOPInstanceUID = derived_uid(series_uid, f"pdf-{kind}", algorithm)
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = source.get("SpecificCharacterSet", "ISO_IR 192")
+    ds.SOPClassUID = ENCAPSULATED_PDF
+    copy_patient_study(source, ds)
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "AccessionNumber", "ReferringPhysicianName", "StudyID"):
+        if kw not in ds:
+            setattr(ds, kw, "")
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = derived_uid(series_uid, f"pdf-{kind}-series", algorithm)
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = f"{kind} report (research use) (PINN node)"
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = MODEL_NAME
+    ds.SoftwareVersions = algorithm.version
+    ds.ConversionType = "WSD"
+    ds.InstanceNumber = 1
+    ds.ContentDate = now.strftime("%Y%m%d")
+    ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES"
+    ds.DocumentTitle = title[:64]
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "18748-4", "LN", "Diagnostic imaging study"
+    ds.ConceptNameCodeSequence = [concept]
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf)
+    return ds
