@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-debs=(dcmtk dicom3tools "$@")
+# dcmtk: scanner/workstation peers; dicom3tools: object validators; orthanc (+ DICOMweb) and
+# chromium: the PACS and the browser of the viewer test
+debs=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium "$@")
+command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -44,6 +47,14 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
     fi
 fi
 "$VPY" -c "import torch, sys; sys.exit('torch is a CUDA build' if torch.version.cuda else 0)"
+
+# OHIF viewer (prebuilt dist of the npm package) for the viewer test
+OHIF_VERSION=3.13.2
+if [ ! -f .cache/ohif/package/dist/index.html ]; then
+    mkdir -p .cache/ohif
+    (cd .cache/ohif && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null \
+        && tar xzf "ohif-app-$OHIF_VERSION.tgz" && rm -f "ohif-app-$OHIF_VERSION.tgz")
+fi
 
 stamp=.venv/.project-installed
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then

@@ -15,6 +15,7 @@ from dicom_node.encode.parametric_map import encode_parametric_map, t2_bound_spe
 from dicom_node.encode.segmentation import AHA_CODES, encode_segmentation
 from dicom_node.simulate import simulate_t2
 from pinn_engine.aha import SliceGeometry, assign_aha
+from tests.derived_objects import ALG, all_objects as _all_objects, report_inputs as _report_inputs
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,6 @@ def dciodvfy(ds: pydicom.Dataset, tmp_path: Path) -> list[str]:
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("Error", "Warning"))]
 
 
-ALG = Algorithm("pinn-t2", parameters={"method": "nlls", "confidence": 0.95})
 
 
 def frames(ds: pydicom.Dataset) -> np.ndarray:
@@ -111,28 +111,6 @@ def test_segmentation_valid_with_aha_segments(series, tmp_path):
         np.testing.assert_array_equal(frame.astype(bool), expected)
 
 
-def _report_inputs(series, tmp_path):
-    from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT
-    from dicom_node.encode.report import RegionResult, ReportContext
-
-    first, truth = series
-    labels, t2 = truth["labels"], truth["t2_ms"].astype(np.float64)
-    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
-                          tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
-    aha = assign_aha(labels, geom)
-    pm = encode_parametric_map(first, t2, t2_map_spec(), ALG, 900)
-    seg, tracking = encode_segmentation(first, labels, aha.labels, ALG, 901)
-    px = float(first[0].PixelSpacing[0]) * float(first[0].PixelSpacing[1])
-    regions = []
-    for seg_no, mask in [(None, labels == 2)] + [(k, aha.labels == k) for k in aha.segments_present()]:
-        v = t2[mask]
-        frames = tuple(int(i) + 1 for i in np.nonzero(mask.any(axis=(1, 2)))[0])
-        regions.append(RegionResult(seg_no, float(v.mean()), float(v.std()), 0.5, int(mask.sum()),
-                                    float(mask.sum() * px), frames, ("test flag",) if seg_no is None else ()))
-    ctx = ReportContext(T2_CODE, T2_UNIT, 0.95, {"confidence": 0.95, "noise_sigma": 12.5})
-    return first, pm, seg, tracking, regions, ctx
-
-
 def test_report_valid_and_readable(series, tmp_path):
     from dicom_node.encode.report import encode_report
 
@@ -188,22 +166,6 @@ def test_dcmqi_reads_every_object_and_sr_means_equal_pm_over_seg(series, tmp_pat
         assert prop["numProperty"]["CodeValue"] == "371884006" and prop["numPropertyUnits"]["CodeValue"] == "ms"
         checked += 1
     assert checked == len(regions)
-
-
-def _all_objects(series, tmp_path):
-    from dicom_node.encode.display import Picture, encode_pdf, encode_secondary_capture, figure_pdf, figure_rgb, render
-    from dicom_node.encode.report import encode_report
-
-    first, pm, seg, tracking, regions, ctx = _report_inputs(series, tmp_path)
-    bound = encode_parametric_map(first, np.full(series[1]["t2_ms"].shape, 2.5), t2_bound_spec(0.95), ALG, 903)
-    sr = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
-    anatomy = np.stack([d.pixel_array for d in first]).astype(float)
-    labels = series[1]["labels"]
-    picture = Picture(anatomy, series[1]["t2_ms"], labels == 2, "T2", "ms", (30.0, 80.0), regions,
-                      "pinn-t2 test", 0.95)
-    sc = encode_secondary_capture(figure_rgb(render(picture)), first[0], ALG, "T2", 905)
-    pdf = encode_pdf(figure_pdf(render(picture, table=True)), first[0], ALG, "T2", 906, "T2 mapping report")
-    return first, {"pm": pm, "bound": bound, "seg": seg, "sr": sr, "sc": sc, "pdf": pdf}
 
 
 def test_display_copies_valid_and_carry_patient_study(series, tmp_path):
