@@ -200,3 +200,41 @@ def test_dcentvfy_source_plus_derived(series, tmp_path):
     series_uids = {ds.SeriesInstanceUID for ds in objs.values()}
     assert len(series_uids) == len(objs) and first[0].SeriesInstanceUID not in series_uids
     assert {ds.StudyInstanceUID for ds in objs.values()} == {first[0].StudyInstanceUID}
+
+
+def test_same_encoder_serves_mbf(series, tmp_path):
+    from dicom_node.encode.parametric_map import mbf_map_spec
+
+    first, truth = series
+    mbf = np.where(truth["labels"] == 2, 1.1, 0.0)
+    pm = encode_parametric_map(first, mbf, mbf_map_spec(), ALG, 910)
+    # no defined term of Image Type value 4 means absolute blood flow (the MR list has only
+    # RCBF, relative cerebral): the extensible term BLOOD_FLOW draws a warning, not an error
+    problems = dciodvfy(pm, tmp_path)
+    assert [p for p in problems if p.startswith("Error")] == []
+    assert all("BLOOD_FLOW" in p for p in problems)
+    rwvm = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "ml/min/g"
+    assert rwvm.QuantityDefinitionSequence[0].ConceptCodeSequence[0].CodeValue == "126390"
+
+
+def test_highdicom_reads_seg_and_sr(series, tmp_path):
+    import highdicom as hd
+
+    from dicom_node.encode.report import encode_report
+
+    first, pm, seg, tracking, regions, ctx = _report_inputs(series, tmp_path)
+    sr = encode_report(first, seg, tracking, pm, regions, ctx, ALG, 902)
+    for name, ds in (("seg", seg), ("sr", sr)):
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+    seg_back = hd.seg.segread(tmp_path / "seg.dcm")
+    assert seg_back.number_of_segments == len(tracking)
+    assert seg_back.get_segment_description(1).segment_label == "LV myocardium"
+    sr_back = hd.sr.srread(tmp_path / "sr.dcm")
+    groups = sr_back.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(regions)
+    mean = groups[0].get_measurements()[0]
+    assert mean.value == pytest.approx(regions[0].mean)
+    # TID 310 property (highdicom has no accessor: read the content items)
+    props = [i for i in mean[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "371884006"]
+    assert float(props[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(regions[0].bound)

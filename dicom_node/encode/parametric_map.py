@@ -87,6 +87,19 @@ def _frames_along_normal(pm: Dataset) -> None:
         group.FrameContentSequence[0].DimensionIndexValues = [k]
 
 
+MBF_CODE = Code("126390", "DCM", "Absolute Regional Blood Flow")
+MBF_UNIT = Code("ml/min/g", "UCUM", "Milliliter/minute/gram")
+PERFUSION_ANALYSIS = Code("129104", "DCM", "Perfusion image analysis")
+
+
+def mbf_map_spec() -> MapSpec:
+    """MBF map. Image Type value 4 BLOOD_FLOW is an extension: no defined term means absolute
+    blood flow (the MR list has only RCBF, relative cerebral); the Quantity code says what it is."""
+    return MapSpec("mbf", MBF_CODE, MBF_UNIT, "MBF", "myocardial blood flow (ml/min/g); 0 = no estimate",
+                   "BLOOD_FLOW", "MBF map (PINN node)", "MBF_MAP", (2.0, 4.0), (0.0, 20.0),
+                   derivation=PERFUSION_ANALYSIS)
+
+
 def encode_parametric_map(
     source_images: Sequence[Dataset],
     values: np.ndarray,
