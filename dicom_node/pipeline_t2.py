@@ -1,0 +1,155 @@
+"""The T2 job: series -> segmentation -> T2 fit with bounds -> AHA statistics -> derived objects.
+
+Used by the node's job worker and by ``dicom-node process``. Each step is timed and
+logged; a series the engine cannot process raises with the reason (the job records it).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from dicom_node import __version__
+from dicom_node.encode.common import Algorithm
+from dicom_node.encode.display import Picture, encode_pdf, encode_secondary_capture, figure_pdf, figure_rgb, render
+from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT, encode_parametric_map, t2_bound_spec, t2_map_spec
+from dicom_node.encode.report import RegionResult, ReportContext, encode_report
+from dicom_node.encode.segmentation import encode_segmentation
+from dicom_node.logs import log_event
+from dicom_node.series_io import SeriesError, T2Series
+from pinn_engine.aha import assign_aha
+from pinn_engine.t2 import Flag, fit_t2, region_statistics
+from pinn_engine.t2.flags import EXCLUDE
+
+LOG = logging.getLogger("dicom_node.pipeline")
+
+SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
+
+
+@dataclass
+class T2Outcome:
+    objects: dict[str, Dataset]
+    summary: dict
+    pictures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
+               progress: Callable[[str], None] | None = None) -> T2Outcome:
+    """Run the whole T2 chain on a loaded series."""
+    timings: dict[str, float] = {}
+    step = progress or (lambda name: None)
+
+    def timed(name: str, fn, *args, **kwargs):
+        step(name)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log_event(LOG, "pipeline.step", step=name, seconds=timings[name],
+                  series_uid=str(series.sources[0].SeriesInstanceUID))
+        return out
+
+    if segmenter is None:
+        from pinn_engine.segmentation.infer import Segmenter
+
+        segmenter = timed("load_model", Segmenter)
+    seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm)
+    labels = seg.labels
+    if not (labels == 2).any():
+        raise SeriesError("no myocardium found in any slice: nothing to quantify")
+    fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
+    aha = timed("aha", assign_aha, labels, series.geometry)
+    usable = (fit.flags & int(EXCLUDE)) == 0
+    measured = np.where(usable, aha.labels, 0).astype(np.uint8)
+    if not measured.any():
+        raise SeriesError("no AHA segment could be measured (no insertion points or all pixels flagged)")
+
+    px_area = series.pixel_spacing_mm[0] * series.pixel_spacing_mm[1]
+    regions: list[RegionResult] = []
+    summary_segments = []
+    for number in [None, *sorted(int(s) for s in np.unique(measured) if s)]:
+        mask = measured > 0 if number is None else measured == number
+        st = region_statistics(fit, mask)
+        frames = tuple(int(k) + 1 for k in np.nonzero(mask.any(axis=(1, 2)))[0])
+        flags = []
+        if number is None:
+            flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
+            flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl]
+        regions.append(RegionResult(number, st.mean_ms, st.sd_ms, st.bound_ms, st.n_pixels, st.n_pixels * px_area,
+                                    frames, tuple(flags)))
+        entry = {"aha": number, "t2_ms": round(st.mean_ms, 3), "t2_bound_ms": round(st.bound_ms, 3),
+                 "t2_sd_ms": round(st.sd_ms, 3), "n_pixels": st.n_pixels}
+        if number is not None:
+            summary_segments.append(entry)
+        else:
+            global_entry = {k: v for k, v in entry.items() if k != "aha"}
+
+    params = {"method": method, "confidence": confidence, "noise_sigma": round(fit.noise.sigma, 4),
+              "noise_sigma_upper": round(fit.noise.sigma_upper, 4), "noise_method": fit.noise.method,
+              "aha_convention": aha.convention, "preparation_times_ms": ",".join(f"{t:g}" for t in series.te_ms)}
+    algorithm = Algorithm("pinn-node-t2", __version__, {"method": method, "confidence": confidence})
+    sources = series.sources
+    objects: dict[str, Dataset] = {}
+
+    def encode() -> None:
+        objects["pm"] = encode_parametric_map(sources, fit.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
+        bound = np.where(np.isfinite(fit.bound_ms) & fit.estimated, fit.bound_ms, 0.0)
+        objects["bound"] = encode_parametric_map(sources, bound, t2_bound_spec(confidence), algorithm,
+                                                 SERIES_NUMBERS["bound"])
+        objects["seg"], tracking = encode_segmentation(sources, labels, measured, algorithm, SERIES_NUMBERS["seg"])
+        ctx = ReportContext(T2_CODE, T2_UNIT, confidence, params)
+        objects["sr"] = encode_report(sources, objects["seg"], tracking, objects["pm"], regions, ctx, algorithm,
+                                      SERIES_NUMBERS["sr"], evidence=series.datasets)
+
+    timed("encode", encode)
+    anatomy = series.images[:, 0]
+    heart = ndimage.binary_dilation(labels > 0, iterations=2)
+    picture = Picture(anatomy, fit.t2_ms, (labels == 2) & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
+                      f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
+                      f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
+
+    def display() -> dict[str, bytes]:
+        rgb = figure_rgb(render(picture))
+        objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "T2", SERIES_NUMBERS["sc"])
+        objects["pdf"] = encode_pdf(figure_pdf(render(picture, table=True)), sources[0], algorithm, "T2",
+                                    SERIES_NUMBERS["pdf"], "T2 mapping report (research use)")
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        return {"t2_display.png": buf.getvalue()}
+
+    pictures = timed("display", display)
+    flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[labels == 2].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
+    summary = {
+        "kind": "t2",
+        "segments": summary_segments,
+        "global": global_entry,
+        "noise_sigma": round(fit.noise.sigma, 4),
+        "noise_sigma_upper": round(fit.noise.sigma_upper, 4),
+        "noise_method": fit.noise.method,
+        "confidence": confidence,
+        "method": method,
+        "aha_convention": aha.convention,
+        "flags": [f for r in regions for f in r.flags] + [f"{n} myocardial pixels flagged {k}"
+                                                          for k, n in flag_counts.items() if n],
+        "timings_s": {**timings, **{f"fit_{k}": round(v, 3) for k, v in fit.timings_s.items()}},
+        "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}
+                    for k, v in objects.items()},
+    }
+    return T2Outcome(objects, summary, pictures)
