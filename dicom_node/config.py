@@ -68,7 +68,8 @@ class Destination:
 
 @dataclass(frozen=True)
 class RoutingSection:
-    send_results_to: tuple[str, ...] = ()
+    send_results_to: tuple[str, ...] = ()  # where derived results go
+    forward_series_to: tuple[str, ...] = ()  # where completed series that are not processed go, unchanged
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,22 @@ class JobsSection:
     retry_backoff_s: float = 5.0
     retry_backoff_max_s: float = 300.0
     poll_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class ClassifyRule:
+    """[[classify]]: a series matching every given regular expression gets ``kind``."""
+
+    kind: str
+    series_description: str = ""
+    protocol_name: str = ""
+    sop_class_uid: str = ""
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    t2_method: str = "pinn"  # "pinn" (default) or "nlls" (fast reference)
+    confidence: float = 0.95  # of the per-pixel and per-segment bounds
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ class Config:
     security: SecuritySection = field(default_factory=SecuritySection)
     jobs: JobsSection = field(default_factory=JobsSection)
     send: SendSection = field(default_factory=SendSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    classify: tuple[ClassifyRule, ...] = ()
 
     @property
     def storage_dir(self) -> Path:
@@ -177,6 +196,7 @@ _SECTIONS = {
     "security": SecuritySection,
     "jobs": JobsSection,
     "send": SendSection,
+    "engine": EngineSection,
 }
 
 
@@ -184,7 +204,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
     """Validate a parsed TOML document and return the :class:`Config`."""
     sections: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "destinations":
+        if key in ("destinations", "classify"):
             continue
         if key not in _SECTIONS:
             raise ConfigError(
@@ -225,9 +245,33 @@ def parse_config(raw: dict[str, Any]) -> Config:
 
     routing: RoutingSection = sections.get("routing", RoutingSection())
     names = {d.name for d in destinations}
-    for name in routing.send_results_to:
-        if name not in names:
-            raise ConfigError(f"[routing] send_results_to names destination '{name}', which is not configured")
+    for key in ("send_results_to", "forward_series_to"):
+        for name in getattr(routing, key):
+            if name not in names:
+                raise ConfigError(f"[routing] {key} names destination '{name}', which is not configured")
+
+    raw_rules = raw.get("classify", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError("classify must be an array of tables: [[classify]]")
+    rules = []
+    for i, rr in enumerate(raw_rules):
+        rule: ClassifyRule = _section(ClassifyRule, rr, f"classify #{i + 1}")
+        if rule.kind not in ("t2", "perfusion", "asl", "other"):
+            raise ConfigError(f"[[classify]] #{i + 1}: kind must be t2, perfusion, asl or other, got {rule.kind!r}")
+        if not (rule.series_description or rule.protocol_name or rule.sop_class_uid):
+            raise ConfigError(f"[[classify]] #{i + 1}: give series_description, protocol_name or sop_class_uid")
+        for pattern in (rule.series_description, rule.protocol_name):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"[[classify]] #{i + 1}: invalid regular expression {pattern!r}: {exc}") from exc
+        rules.append(rule)
+
+    engine: EngineSection = sections.get("engine", EngineSection())
+    if engine.t2_method not in ("pinn", "nlls"):
+        raise ConfigError(f"[engine] t2_method must be 'pinn' or 'nlls', got {engine.t2_method!r}")
+    if not 0.5 < engine.confidence < 1.0:
+        raise ConfigError(f"[engine] confidence must be in (0.5, 1), got {engine.confidence}")
 
     security: SecuritySection = sections.get("security", SecuritySection())
     for ae in security.allowed_calling_aes:
@@ -245,6 +289,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
         security=security,
         jobs=jobs,
         send=sections.get("send", SendSection()),
+        engine=engine,
+        classify=tuple(rules),
     )
 
 

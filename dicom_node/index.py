@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 from dicom_node.instance import InstanceInfo
 
 SCHEMA_VERSION = 1
+NO_JOB = 0  # complete_series: completed, no work queued
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -298,8 +299,12 @@ class Index:
         ).fetchall()
         return [r[0] for r in rows]
 
-    def complete_series(self, series_uid: str, before: float, job_kind: str, max_attempts: int) -> int | None:
-        """Mark a still-idle series complete and enqueue its job atomically; return the job id."""
+    def complete_series(self, series_uid: str, before: float, job_kind: str | None, max_attempts: int) -> int | None:
+        """Mark a still-idle series complete and enqueue its job (if any) atomically.
+
+        Returns the job id, ``NO_JOB`` (0) when completed without a job, or None when a new
+        instance arrived meanwhile (not completed).
+        """
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute(
@@ -311,6 +316,8 @@ class Index:
             conn.execute(
                 "UPDATE series SET state = 'complete', completed_at = ? WHERE series_uid = ?", (now, series_uid)
             )
+            if job_kind is None:
+                return NO_JOB
             cur = conn.execute(
                 "INSERT INTO jobs(kind, series_uid, study_uid, state, max_attempts, created_at, updated_at)"
                 " VALUES (?, ?, ?, 'pending', ?, ?, ?)",

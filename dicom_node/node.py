@@ -15,7 +15,7 @@ from dicom_node.jobs import JobRunner
 from dicom_node.logs import log_event
 from dicom_node.scp import NodeSCP
 from dicom_node.send import OutgoingInstance, SendError, StorageSender
-from dicom_node.series import JOB_KIND_FORWARD, SeriesTracker
+from dicom_node.series import JOB_KIND_FORWARD, JOB_KIND_T2, SeriesTracker
 from dicom_node.store import InstanceStore
 
 LOG = logging.getLogger("dicom_node.node")
@@ -38,8 +38,10 @@ class Node:
         self.store = InstanceStore(root, self.index)
         self.sender = StorageSender(config.node.ae_title, config.send)
         self.scp = NodeSCP(config, self.store, self.index)
-        self.tracker = SeriesTracker(self.index, config)
-        self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series}, self.tracker.wakeup)
+        self.tracker = SeriesTracker(self.index, config, self.job_kind_for)
+        self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series, JOB_KIND_T2: self.process_t2},
+                              self.tracker.wakeup)
+        self._segmenter = None
         self._stopped = threading.Event()
 
     # -- job work ----------------------------------------------------------------
@@ -49,14 +51,79 @@ class Node:
             for i in self.index.series_instances(series_uid)
         ]
 
+    def job_kind_for(self, series_uid: str) -> str | None:
+        """T2 series are processed; others are forwarded if configured, else only stored."""
+        from dicom_node.classify import Rule, classify  # noqa: PLC0415
+        from dicom_node.series_io import read_headers  # noqa: PLC0415
+
+        paths = [self.store.abspath(i.path) for i in self.index.series_instances(series_uid)]
+        try:
+            headers = read_headers(paths)
+        except Exception as exc:  # unreadable files: keep them, do not process
+            log_event(LOG, "series.unreadable", logging.ERROR, series_uid=series_uid, error=str(exc))
+            headers = []
+        rules = [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
+                 for r in self.config.classify]
+        kind = classify(headers, rules)
+        log_event(LOG, "series.classified", series_uid=series_uid, kind=kind.kind, reason=kind.reason)
+        if kind.kind == "t2":
+            return JOB_KIND_T2
+        return JOB_KIND_FORWARD if self.config.routing.forward_series_to else None
+
     def forward_series(self, job: Job) -> str:
-        """Send a completed series to every ``routing.send_results_to`` destination."""
-        names = self.config.routing.send_results_to
+        """Send a completed series unchanged to every ``routing.forward_series_to`` destination."""
+        return self._send(self.outgoing(job.series_uid or ""), self.config.routing.forward_series_to,
+                          f"series {job.series_uid}")
+
+    def process_t2(self, job: Job) -> str:
+        """The T2 job: process the series, store the derived objects, send them on."""
+        import json  # noqa: PLC0415
+
+        from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
+        from dicom_node.series_io import load_t2_series  # noqa: PLC0415
+
+        paths = [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]
+        series = load_t2_series(paths)
+        if self._segmenter is None:
+            from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
+
+            self._segmenter = Segmenter()
+        engine = self.config.engine
+        outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=self._segmenter)
+        results = self.config.storage_dir / "results" / str(job.series_uid)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
+        for name, data in outcome.pictures.items():
+            (results / name).write_bytes(data)
+        stored = [self.store_dataset(ds) for ds in outcome.objects.values()]
+        log_event(LOG, "t2.processed", series_uid=job.series_uid, objects=len(stored),
+                  global_t2_ms=outcome.summary["global"]["t2_ms"], timings_s=outcome.summary["timings_s"])
+        return self._send(stored, self.config.routing.send_results_to, f"{len(stored)} derived objects")
+
+    def store_dataset(self, ds) -> OutgoingInstance:
+        """Store a dataset the node made, through the same durable path as received ones."""
+        from pydicom.filebase import DicomBytesIO  # noqa: PLC0415
+        from pydicom.filewriter import write_dataset  # noqa: PLC0415
+        from pydicom.uid import ExplicitVRLittleEndian  # noqa: PLC0415
+
+        from dicom_node.filemeta import encode_file_meta  # noqa: PLC0415
+        from dicom_node.instance import parse_instance  # noqa: PLC0415
+
+        buf = DicomBytesIO()
+        buf.is_implicit_VR, buf.is_little_endian = False, True
+        write_dataset(buf, ds)
+        body = buf.getvalue()
+        ts = str(ExplicitVRLittleEndian)
+        meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, self.config.node.ae_title)
+        info = parse_instance(body, ts, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        result = self.store.put(info, meta, body, self.config.node.ae_title)
+        return OutgoingInstance(result.path, info.sop_class_uid, info.sop_instance_uid, ts)
+
+    def _send(self, instances: list[OutgoingInstance], names, what: str) -> str:
         if not names:
-            return "no destinations configured"
-        instances = self.outgoing(job.series_uid or "")
+            return f"{what}: no destinations configured"
         if not instances:
-            raise SendError(f"series {job.series_uid} has no stored instances")
+            raise SendError(f"{what}: nothing to send")
         problems = []
         for name in names:
             dest = self.config.destination(name)
@@ -73,7 +140,7 @@ class Node:
                 )
         if problems:
             raise SendError("; ".join(problems))
-        return f"sent {len(instances)} instances to {', '.join(names)}"
+        return f"{what}: sent {len(instances)} instances to {', '.join(names)}"
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:

@@ -2,7 +2,8 @@
 
 Completion and the job it creates are one transaction, so a crash cannot complete a
 series without queueing its work. A later instance re-opens the series (the index does
-that on insert) and its next completion queues new work.
+that on insert) and its next completion queues new work. What work a series gets is
+decided by ``job_kind_for`` (the node classifies the stored headers).
 """
 
 from __future__ import annotations
@@ -10,26 +11,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from dicom_node.config import Config
-from dicom_node.index import Index
+from dicom_node.index import NO_JOB, Index
 from dicom_node.logs import log_event
 
 LOG = logging.getLogger("dicom_node.series")
 
 JOB_KIND_FORWARD = "forward"
+JOB_KIND_T2 = "t2"
 
 
 class SeriesTracker:
-    def __init__(self, index: Index, config: Config) -> None:
+    def __init__(self, index: Index, config: Config,
+                 job_kind_for: Callable[[str], str | None] | None = None) -> None:
         self.index = index
         self.config = config
+        self._job_kind_for = job_kind_for
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.wakeup = threading.Event()
 
-    def job_kind_for(self, series_uid: str) -> str:
-        """What work a completed series gets (later issues route by series kind)."""
+    def job_kind_for(self, series_uid: str) -> str | None:
+        """What work a completed series gets: a job kind, or None (stored and served only)."""
+        if self._job_kind_for is not None:
+            return self._job_kind_for(series_uid)
         return JOB_KIND_FORWARD
 
     def check_once(self, now: float | None = None) -> list[int]:
@@ -38,12 +45,13 @@ class SeriesTracker:
         before = now - self.config.series.stable_seconds
         jobs = []
         for series_uid in self.index.open_series_idle_since(before):
-            job_id = self.index.complete_series(
-                series_uid, before, self.job_kind_for(series_uid), self.config.jobs.max_attempts
-            )
-            if job_id is not None:
+            kind = self.job_kind_for(series_uid)
+            job_id = self.index.complete_series(series_uid, before, kind, self.config.jobs.max_attempts)
+            if job_id is None:  # a new instance arrived meanwhile
+                continue
+            if job_id != NO_JOB:
                 jobs.append(job_id)
-                log_event(LOG, "series.complete", series_uid=series_uid, job_id=job_id)
+            log_event(LOG, "series.complete", series_uid=series_uid, job_id=job_id or None, job_kind=kind)
         if jobs:
             self.wakeup.set()
         return jobs

@@ -32,7 +32,7 @@ def jobs_cli(node, *args):
 def test_complete_series_is_forwarded(node_factory, storescp_factory, tmp_path):
     dest = storescp_factory(ae_title="PACS")
     node = node_factory(extra_toml="[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
-                        + dest.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n').start()
+                        + dest.destination_toml() + '[routing]\nforward_series_to = ["pacs"]\n').start()
     files = write_mr_series(tmp_path / "s", 6)
     run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
     sent = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
@@ -48,13 +48,17 @@ def test_series_is_not_complete_while_instances_arrive(node_factory, tmp_path):
     files = write_mr_series(tmp_path / "s", 4)
     for f in files[:2]:
         run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f], check=True)
+    complete = "SELECT COUNT(*) FROM series WHERE state = 'complete'"
     time.sleep(1.0)
-    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0
+    assert node.index_count(complete) == 0
     for f in files[2:]:
         run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, f], check=True)
     time.sleep(1.2)
-    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0  # the late instances re-armed the timer
-    assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM jobs") == 1, timeout=10)
+    assert node.index_count(complete) == 0  # the late instances re-armed the timer
+    assert wait_for(lambda: node.index_count(complete) == 1, timeout=10)
+    # a plain MR series (not T2-prep) is stored and served, not processed; nothing to forward
+    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0
+    assert any(e.get("kind") == "other" for e in node.events("series.classified"))
 
 
 def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_factory, tmp_path, dcmtk):
@@ -66,7 +70,7 @@ def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_fact
         "[jobs]\nmax_attempts = 3\nretry_backoff_s = 0.2\npoll_interval_s = 0.1\n"
         "[send]\nreassociations = 0\nacse_timeout_s = 2\n"
         f'[[destinations]]\nname = "pacs"\nae_title = "LATER"\nhost = "127.0.0.1"\nport = {port}\n'
-        '[routing]\nsend_results_to = ["pacs"]\n'
+        '[routing]\nforward_series_to = ["pacs"]\n'
     )).start()
     files = write_mr_series(tmp_path / "s", 3)
     run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
