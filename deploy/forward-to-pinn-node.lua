@@ -1,8 +1,8 @@
--- Orthanc auto-routing: forward every stable MR series to the PINN node, except
--- series the node produced itself (its results come back to Orthanc as well).
+-- Orthanc auto-routing: forward every stable MR series to the PINN node, except the
+-- node's own results (their series descriptions end in "(PINN node)"), so nothing loops.
 function OnStableSeries(seriesId, tags, metadata)
-  local origin = metadata['RemoteAET'] or ''
-  if tags['Modality'] == 'MR' and origin ~= 'PINN_NODE' then
+  local description = tags['SeriesDescription'] or ''
+  if tags['Modality'] == 'MR' and not string.find(description, '(PINN node)', 1, true) then
     SendToModality(seriesId, 'pinn_node')
   end
 end
