@@ -189,6 +189,14 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
     raise AssertionError(f"unhandled type {expected!r} for {where}")
 
 
+def _table_array(raw: dict[str, Any], key: str, cls: type) -> list:
+    """[[key]] tables, each validated into ``cls``."""
+    items = raw.get(key, [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{key} must be an array of tables: [[{key}]]")
+    return [_section(cls, item, f"{key} #{i + 1}") for i, item in enumerate(items)]
+
+
 _SECTIONS = {
     "node": NodeSection,
     "series": SeriesSection,
@@ -229,12 +237,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
     if series.stable_seconds <= 0:
         raise ConfigError(f"[series] stable_seconds must be > 0, got {series.stable_seconds}")
 
-    raw_dests = raw.get("destinations", [])
-    if not isinstance(raw_dests, list):
-        raise ConfigError("destinations must be an array of tables: [[destinations]]")
-    destinations = []
-    for i, rd in enumerate(raw_dests):
-        d: Destination = _section(Destination, rd, f"destinations #{i + 1}")
+    destinations: list[Destination] = []
+    for i, d in enumerate(_table_array(raw, "destinations", Destination)):
         check_ae_title(d.ae_title, f"[[destinations]] '{d.name}' ae_title")
         _check_port(d.port, f"[[destinations]] '{d.name}' port")
         if any(o.name == d.name for o in destinations):
@@ -250,12 +254,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
             if name not in names:
                 raise ConfigError(f"[routing] {key} names destination '{name}', which is not configured")
 
-    raw_rules = raw.get("classify", [])
-    if not isinstance(raw_rules, list):
-        raise ConfigError("classify must be an array of tables: [[classify]]")
     rules = []
-    for i, rr in enumerate(raw_rules):
-        rule: ClassifyRule = _section(ClassifyRule, rr, f"classify #{i + 1}")
+    for i, rule in enumerate(_table_array(raw, "classify", ClassifyRule)):
         if rule.kind not in ("t2", "perfusion", "asl", "other"):
             raise ConfigError(f"[[classify]] #{i + 1}: kind must be t2, perfusion, asl or other, got {rule.kind!r}")
         if not (rule.series_description or rule.protocol_name or rule.sop_class_uid):

@@ -21,6 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, timeout: float = 30, proc: subprocess.Popen | None = None, what: str = "server") -> None:
+    """Until something accepts TCP connections on 127.0.0.1:port (fails if ``proc`` exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{what} did not start within {timeout} s")
+
+
 def run(cmd: Sequence[str], timeout: float = 120, check: bool = False, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV, **kw)
     if check and proc.returncode != 0:
@@ -131,14 +145,8 @@ class StoreSCPProcess:
              str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("storescp did not start")
+        wait_for_port(self.port, 10, self.proc, "storescp")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import DCMTK_ENV, free_port, stop_pid
+from tests.helpers import DCMTK_ENV, free_port, stop_pid, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,14 +36,8 @@ class OrthancProcess:
         self.log = open(self.dir / "orthanc.log", "wb")
         self.proc = subprocess.Popen(["Orthanc", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=DCMTK_ENV)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("Orthanc did not start")
+        wait_for_port(self.dicom_port, 30, self.proc, "Orthanc")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 
 from dicom_node.simulate import simulate_t2
 from tests.derived_objects import all_objects
-from tests.helpers import DCMTK_ENV, free_port, run, stop_pid
+from tests.helpers import DCMTK_ENV, free_port, run, stop_pid, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 OHIF_DIST = ROOT / ".cache" / "ohif" / "package" / "dist"
@@ -69,13 +67,7 @@ def study(tmp_path_factory):
                                env=DCMTK_ENV)
     server = None
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", dicom_port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_port(dicom_port, 30, orthanc, "Orthanc")
         run(["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", dicom_port, *files], check=True)
         from tests.viewer.ohif_server import make_server
 
