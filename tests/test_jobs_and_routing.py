@@ -66,7 +66,7 @@ def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_fact
 
     port = free_port()
     node = node_factory(extra_toml=(
-        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n"
+        "[series]\nstable_seconds = 2.0\ncheck_interval_s = 0.1\n"  # robust to a loaded machine
         "[jobs]\nmax_attempts = 3\nretry_backoff_s = 0.2\npoll_interval_s = 0.1\n"
         "[send]\nreassociations = 0\nacse_timeout_s = 2\n"
         f'[[destinations]]\nname = "pacs"\nae_title = "LATER"\nhost = "127.0.0.1"\nport = {port}\n'
