@@ -142,3 +142,19 @@ def test_failing_job_backoff_and_dead_letter(index_with_job):
     assert job.state == "failed" and "destination refused" in job.last_error
     assert index.requeue_job(job_id) and index.get_job(job_id).state == "pending"
     index.close()
+
+
+def test_status_reports_health(node_factory, tmp_path):
+    import json as _json
+
+    node = node_factory().start()
+    files = write_mr_series(tmp_path / "s", 2)
+    run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
+    proc = run([sys.executable, "-m", "dicom_node", "status", "--config", node.config_path])
+    assert proc.returncode == 0, proc.stderr
+    status = _json.loads(proc.stdout)
+    assert status["responding"] and status["instances"] == 2 and status["disk_free_gb"] > 0
+    assert set(status["jobs"]) == {"pending", "running", "done", "failed"}
+    node.stop()
+    down = run([sys.executable, "-m", "dicom_node", "status", "--config", node.config_path])
+    assert down.returncode == 1 and _json.loads(down.stdout)["responding"] is False
