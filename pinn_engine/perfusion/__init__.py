@@ -1,0 +1,1 @@
+"""Myocardial perfusion: two-compartment exchange model (2CXM), digital reference object."""
