@@ -67,12 +67,13 @@ def make_dro(variant: str = "discrete", seed: int = 0) -> DRO:
     t = time_grid()
     a = aif(t)
     f, vp, ve, ps = parameter_maps()
-    args = [x.reshape(-1) for x in (f, vp, ve, ps)]
+    params = np.stack([x.reshape(-1) for x in (f, vp, ve, ps)], axis=1)
+    unique, inverse = np.unique(params, axis=0, return_inverse=True)  # 144 distinct curves
     if variant == "discrete":
-        clean = tissue_discrete(t, a, *args)
+        curves = tissue_discrete(t, a, *unique.T)
     else:
-        clean = tissue_continuous(t, aif, *args)
-    clean = clean.T.reshape(t.size, 40, 120, 3)
+        curves = tissue_continuous(t, aif, *unique.T)
+    clean = curves[inverse.reshape(-1)].T.reshape(t.size, 40, 120, 3)
     sigma = float(np.sqrt(clean.mean() * 10 ** (-SNR_DB / 10)))
     rng = np.random.default_rng(seed)
     noisy = clean + rng.normal(0.0, sigma, clean.shape)
