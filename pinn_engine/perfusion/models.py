@@ -54,3 +54,36 @@ def tissue_continuous(t_min, aif_fn, f, vp, ve, ps, substeps: int = 100) -> np.n
     # trapezoidal correction: subtract half of the two end-point products of each integral
     full -= 0.5 * dt * (h[:, :1] * a[None, :] + h * a[:1][None, :])
     return full[:, ::substeps]
+
+
+def _irf_terms(f, vp, ve, ps):
+    """IRF = a1 exp(-k1 t) + a2 exp(-k2 t): amplitudes and rates, each (N,)."""
+    tb, tp, te = vp / f, vp / (ps + f), ve / ps
+    s = 1.0 / tp + 1.0 / te
+    root = np.sqrt(np.maximum(s * s - 4.0 / (tb * te), 0.0))
+    k_plus, k_minus = 0.5 * (s + root), 0.5 * (s - root)
+    e = (k_plus - 1.0 / tb) / np.maximum(k_plus - k_minus, 1e-12)
+    return f * e, k_minus, f * (1.0 - e), k_plus
+
+
+def _exp_conv_linear(aif: np.ndarray, k: np.ndarray, dt: float) -> np.ndarray:
+    """Exact int_0^t exp(-k (t-s)) a(s) ds for a piecewise-linear a sampled every dt: (N, T)."""
+    n_t = aif.size
+    k = np.maximum(k, 1e-9)[:, None]
+    decay = np.exp(-k * dt)
+    w0 = (1.0 - decay) / k  # weight of a_n
+    w1 = dt / k - (1.0 - decay) / (k * k)  # weight of the slope m_n
+    out = np.zeros((k.shape[0], n_t))
+    slope = np.diff(aif) / dt
+    for n in range(n_t - 1):
+        out[:, n + 1] = decay[:, 0] * out[:, n] + aif[n] * w0[:, 0] + slope[n] * w1[:, 0]
+    return out
+
+
+def tissue_linear(t_min, aif, f, vp, ve, ps) -> np.ndarray:
+    """Continuous 2CXM with the AIF interpolated linearly between its samples (exact in time)."""
+    t = np.asarray(t_min, dtype=np.float64)
+    dt = float(t[1] - t[0])
+    a1, k1, a2, k2 = _irf_terms(*(np.asarray(x, dtype=np.float64) for x in (f, vp, ve, ps)))
+    a = np.asarray(aif, dtype=np.float64)
+    return a1[:, None] * _exp_conv_linear(a, k1, dt) + a2[:, None] * _exp_conv_linear(a, k2, dt)
