@@ -45,3 +45,22 @@ def test_irf_starts_at_flow_and_discrete_vs_continuous_gap():
     assert cd.sum() / cc.sum() == pytest.approx(1.215, abs=0.01)
     d, c = make_dro("discrete"), make_dro("continuous")
     assert np.abs(d.clean - c.clean).max() / aif(t).max() == pytest.approx(0.026, abs=0.002)
+
+
+@pytest.mark.parametrize("model", ["discrete", "continuous"])
+def test_nlls_recovers_noise_free_parameters(model):
+    from pinn_engine.perfusion.models import tissue_linear
+    from pinn_engine.perfusion.nlls import fit_nlls
+
+    t = time_grid()
+    a = aif(t)
+    rng = np.random.default_rng(0)
+    truth = {"fp": rng.uniform(0.5, 2.0, 20), "vp": rng.uniform(0.02, 0.2, 20), "ve": rng.uniform(0.1, 0.5, 20),
+             "ps": rng.uniform(0.5, 2.5, 20)}
+    fn = tissue_discrete if model == "discrete" else tissue_linear
+    curves = fn(t, a, truth["fp"], truth["vp"], truth["ve"], truth["ps"]).T
+    fit = fit_nlls(t, a, curves, model=model, iterations=80)
+    for k in ("fp", "vp", "ve"):
+        assert np.median(np.abs(fit[k] / truth[k] - 1)) < 1e-3, k
+    assert np.median(np.abs(fit["ps"] / truth["ps"] - 1)) < 1e-2
+    assert all((fit[f"{k}_sd"] >= 0).all() for k in ("fp", "vp", "ve", "ps"))
