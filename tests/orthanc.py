@@ -24,6 +24,7 @@ class OrthancProcess:
             "DicomPort": self.dicom_port, "HttpPort": self.http_port, "StableAge": stable_age,
             "DicomModalities": {"pinn_node": [node_ae, "127.0.0.1", node_port]},
             "LuaScripts": [str(ROOT / "deploy" / "forward-to-pinn-node.lua")],
+            "DicomAlwaysAllowFind": True,  # the test workstation (findscu) is not a declared modality
         })
         if dicomweb:
             cfg["Plugins"] = ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
