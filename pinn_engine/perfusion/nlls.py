@@ -28,18 +28,23 @@ def _forward(fn, t, aif, theta):
     return fn(t, aif, p[:, 0], p[:, 1], p[:, 2], p[:, 3])
 
 
+def _jacobian(fn, t, aif, y, theta, r, h: float = 1e-5) -> np.ndarray:
+    """Forward-difference Jacobian of the residuals w.r.t. the log parameters: (N, T, 4)."""
+    jac = np.empty((*y.shape, 4))
+    for j in range(4):
+        step = theta.copy()
+        step[:, j] += h
+        jac[:, :, j] = (_forward(fn, t, aif, step) - y - r) / h
+    return jac
+
+
 def _lm(fn, t, aif, y, theta, iterations: int, lo, hi):
     n = y.shape[0]
     lam = np.full(n, 1e-2)
     r = _forward(fn, t, aif, theta) - y
     cost = (r * r).sum(1)
     for _ in range(iterations):
-        h = 1e-5
-        jac = np.empty((n, y.shape[1], 4))
-        for j in range(4):
-            step = theta.copy()
-            step[:, j] += h
-            jac[:, :, j] = (_forward(fn, t, aif, step) - y - r) / h
+        jac = _jacobian(fn, t, aif, y, theta, r)
         jtj = np.einsum("ntj,ntk->njk", jac, jac)
         jtr = np.einsum("ntj,nt->nj", jac, r)
         damp = jtj + lam[:, None, None] * (np.eye(4)[None] * np.maximum(np.diagonal(jtj, axis1=1, axis2=2),
@@ -74,12 +79,7 @@ def fit_nlls(t_min, aif, curves, model: str = "discrete", iterations: int = 60, 
         best_r = r if best_r is None else np.where(take[:, None], r, best_r)
         best_cost = np.where(take, cost, best_cost)
     # uncertainty: sigma^2 (J'J)^-1 in log space, SD_p = p * SD_log
-    h = 1e-5
-    jac = np.empty((n, y.shape[1], 4))
-    for j in range(4):
-        step = best_theta.copy()
-        step[:, j] += h
-        jac[:, :, j] = (_forward(fn, t, a, step) - y - best_r) / h
+    jac = _jacobian(fn, t, a, y, best_theta, best_r)
     sigma2 = best_cost / max(y.shape[1] - 4, 1)
     cov = np.linalg.pinv(np.einsum("ntj,ntk->njk", jac, jac)) * sigma2[:, None, None]
     sd_log = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
