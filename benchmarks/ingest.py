@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -32,37 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dicom_node.synthetic import write_mr_series  # noqa: E402
+from tests.helpers import free_port, stop_pid, wait_for_port  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def storescu(ae: str, port: int, files_dir: Path) -> float:
@@ -82,7 +53,7 @@ def run_node(work: Path, files_dir: Path, n: int) -> float:
     proc = subprocess.Popen([sys.executable, "-m", "dicom_node", "serve", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
     try:
-        wait_port(port, proc)
+        wait_for_port(port, 30, proc, "node")
         time.sleep(0.3)
         dt = storescu("PINN_NODE", port, files_dir)
         conn = sqlite3.connect(work / "var" / "index.sqlite")
@@ -92,7 +63,7 @@ def run_node(work: Path, files_dir: Path, n: int) -> float:
             raise RuntimeError(f"node indexed {count} of {n}")
         return dt
     finally:
-        stop(proc)
+        stop_pid(proc, 15)
 
 
 def run_storescp(work: Path, files_dir: Path, n: int) -> float:
@@ -102,14 +73,14 @@ def run_storescp(work: Path, files_dir: Path, n: int) -> float:
     proc = subprocess.Popen(["storescp", "--output-directory", str(out), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
-        wait_port(port, proc)
+        wait_for_port(port, 30, proc, "storescp")
         dt = storescu("ANY-SCP", port, files_dir)
         count = len(list(out.iterdir()))
         if count != n:
             raise RuntimeError(f"storescp stored {count} of {n}")
         return dt
     finally:
-        stop(proc)
+        stop_pid(proc, 15)
 
 
 def run_orthanc(work: Path, files_dir: Path, n: int) -> float:
@@ -122,8 +93,8 @@ def run_orthanc(work: Path, files_dir: Path, n: int) -> float:
     }))
     proc = subprocess.Popen(["Orthanc", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
-        wait_port(port, proc)
-        wait_port(http, proc)
+        wait_for_port(port, 30, proc, "Orthanc")
+        wait_for_port(http, 30, proc, "Orthanc")
         dt = storescu("ORTHANC", port, files_dir)
         with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics", timeout=10) as rsp:
             count = json.load(rsp)["CountInstances"]
@@ -131,7 +102,7 @@ def run_orthanc(work: Path, files_dir: Path, n: int) -> float:
             raise RuntimeError(f"Orthanc stored {count} of {n}")
         return dt
     finally:
-        stop(proc)
+        stop_pid(proc, 15)
 
 
 def ensure_orthanc() -> bool:

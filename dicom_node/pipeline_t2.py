@@ -40,15 +40,6 @@ class T2Outcome:
     pictures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
                progress: Callable[[str], None] | None = None) -> T2Outcome:
     """Run the whole T2 chain on a loaded series."""
