@@ -185,6 +185,9 @@ def _cmd_process(args: argparse.Namespace) -> int:
         print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); only T2 series are processed yet",
               file=sys.stderr)
         return 1
+    from dicom_node import render_worker  # noqa: PLC0415
+
+    render_worker.start()  # warms up while the series loads and the engine runs
     try:
         from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
 
@@ -193,6 +196,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)
         return 1
+    finally:
+        render_worker.stop()
     progress("write")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,7 @@ class ClassifyRule:
 class EngineSection:
     t2_method: str = "pinn"  # "pinn" (default) or "nlls" (fast reference)
     confidence: float = 0.95  # of the per-pixel and per-segment bounds
+    preload: bool = True  # load the network at start-up, not when the first series arrives
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,10 @@ def _coerce(value: Any, expected: Any, where: str) -> Any:
     if expected in (str, "str"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if expected in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if expected in (tuple, "tuple[str, ...]"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

@@ -55,3 +55,5 @@ def setup_logging(log_dir: Path | None = None, level: int = logging.INFO) -> Non
     # pynetdicom logs every PDU at INFO/DEBUG with dataset dumps (patient names
     # included); keep only its warnings and errors.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # highdicom narrates every attribute copy at INFO
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

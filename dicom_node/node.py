@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 import threading
 from pathlib import Path
 
@@ -42,9 +43,33 @@ class Node:
         self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series, JOB_KIND_T2: self.process_t2},
                               self.tracker.wakeup)
         self._segmenter = None
+        self._engine_lock = threading.Lock()
         self._stopped = threading.Event()
 
     # -- job work ----------------------------------------------------------------
+    def segmenter(self):
+        """The segmentation network, loaded once (torch import + weights: seconds)."""
+        with self._engine_lock:
+            if self._segmenter is None:
+                from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
+
+                t0 = time.perf_counter()
+                self._segmenter = Segmenter()
+                log_event(LOG, "engine.loaded", seconds=round(time.perf_counter() - t0, 3))
+            return self._segmenter
+
+    def _warm_engine(self) -> None:
+        """Load the engine at start-up so that the first series does not wait for it."""
+        from dicom_node import render_worker  # noqa: PLC0415
+
+        render_worker.start()  # its imports (~1 s) overlap the network's
+        try:
+            import dicom_node.pipeline_t2  # noqa: F401, PLC0415
+
+            self.segmenter()
+        except Exception as exc:  # noqa: BLE001  (the job will report the same error with its series)
+            log_event(LOG, "engine.load_failed", level=logging.ERROR, error=str(exc))
+
     def outgoing(self, series_uid: str) -> list[OutgoingInstance]:
         return [
             OutgoingInstance(self.store.abspath(i.path), i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid)
@@ -62,6 +87,12 @@ class Node:
         except Exception as exc:  # unreadable files: keep them, do not process
             log_event(LOG, "series.unreadable", logging.ERROR, series_uid=series_uid, error=str(exc))
             headers = []
+        from dicom_node.encode.common import DERIVED_SUFFIX  # noqa: PLC0415
+
+        if headers and all(str(h.get("SeriesDescription", "")).endswith(DERIVED_SUFFIX) for h in headers):
+            # the node's own results: already routed to send_results_to by their job
+            log_event(LOG, "series.classified", series_uid=series_uid, kind="own-result", reason=DERIVED_SUFFIX)
+            return None
         rules = [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
                  for r in self.config.classify]
         kind = classify(headers, rules)
@@ -83,13 +114,12 @@ class Node:
         from dicom_node.series_io import load_t2_series  # noqa: PLC0415
 
         paths = [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]
-        series = load_t2_series(paths)
-        if self._segmenter is None:
-            from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
+        from dicom_node import render_worker  # noqa: PLC0415
 
-            self._segmenter = Segmenter()
+        render_worker.start()  # no-op once running
+        series = load_t2_series(paths)
         engine = self.config.engine
-        outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=self._segmenter)
+        outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=self.segmenter())
         results = self.config.storage_dir / "results" / str(job.series_uid)
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
@@ -145,6 +175,8 @@ class Node:
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
         self.store.begin_session()
+        if self.config.engine.preload:
+            threading.Thread(target=self._warm_engine, name="engine-warm-up", daemon=True).start()
         self.jobs.start()
         self.tracker.start()
         self.scp.start()
@@ -156,6 +188,9 @@ class Node:
         self.scp.stop()
         self.tracker.stop()
         self.jobs.stop()
+        from dicom_node import render_worker  # noqa: PLC0415
+
+        render_worker.stop()
         self.index.close()
         self.store.end_session()
         log_event(LOG, "node.stopped")

@@ -6,7 +6,6 @@ logged; a series the engine cannot process raises with the reason (the job recor
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from dicom_node import __version__
+from dicom_node import __version__, render_worker
 from dicom_node.encode.common import Algorithm
-from dicom_node.encode.display import Picture, encode_pdf, encode_secondary_capture, figure_pdf, figure_rgb, render
+from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
 from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT, encode_parametric_map, t2_bound_spec, t2_map_spec
 from dicom_node.encode.report import RegionResult, ReportContext, encode_report
 from dicom_node.encode.segmentation import encode_segmentation
@@ -97,6 +96,14 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     sources = series.sources
     objects: dict[str, Dataset] = {}
 
+    anatomy = series.images[:, 0]
+    heart = ndimage.binary_dilation(labels > 0, iterations=2)
+    picture = Picture(anatomy, fit.t2_ms, (labels == 2) & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
+                      f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
+                      f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
+    step("display")
+    drawn = render_worker.submit(draw, picture)  # drawn in the helper process while we encode
+
     def encode() -> None:
         objects["pm"] = encode_parametric_map(sources, fit.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
         bound = np.where(np.isfinite(fit.bound_ms) & fit.estimated, fit.bound_ms, 0.0)
@@ -108,22 +115,14 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                                       SERIES_NUMBERS["sr"], evidence=series.datasets)
 
     timed("encode", encode)
-    anatomy = series.images[:, 0]
-    heart = ndimage.binary_dilation(labels > 0, iterations=2)
-    picture = Picture(anatomy, fit.t2_ms, (labels == 2) & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
-                      f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
-                      f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
 
     def display() -> dict[str, bytes]:
-        rgb = figure_rgb(render(picture))
+        rgb, png, seconds = drawn()
+        timings["display_draw"] = round(seconds, 3)  # in the helper, overlapping "encode"
         objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "T2", SERIES_NUMBERS["sc"])
-        objects["pdf"] = encode_pdf(figure_pdf(render(picture, table=True)), sources[0], algorithm, "T2",
+        objects["pdf"] = encode_pdf(raster_pdf(rgb), sources[0], algorithm, "T2",
                                     SERIES_NUMBERS["pdf"], "T2 mapping report (research use)")
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        return {"t2_display.png": buf.getvalue()}
+        return {"t2_display.png": png}
 
     pictures = timed("display", display)
     flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[labels == 2].sum()) for f in Flag if f != Flag.NO_ESTIMATE}

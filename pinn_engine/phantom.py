@@ -71,6 +71,14 @@ class Anatomy:
     rv_extent_mm: float = 34.0  # RV cavity radius (the crescent's outer reach)
     rv_angle_deg: float = 165.0  # direction of the RV centre from the LV centre
     rv_wall_mm: float = 3.5
+    # "ellipse": a disc beside the LV minus the LV (schematic); "crescent": the cavity wraps
+    # the septum over rv_span_deg with depth rv_depth_mm, blunt or pointed tips and its bulk
+    # shifted anteriorly by rv_skew (-1..1), closer to real RV shapes
+    rv_model: str = "ellipse"
+    rv_span_deg: float = 150.0
+    rv_depth_mm: float = 25.0
+    rv_skew: float = 0.2
+    rv_tip_power: float = 0.6
     papillary_radius_mm: float = 4.0  # 0: none
     pericardial_fat_mm: float = 3.0
     body_semi_axes_mm: tuple[float, float] = (155.0, 115.0)
@@ -134,11 +142,18 @@ def tissue_map(anatomy: Anatomy, level: float = 0.5, supersample: int = 1) -> np
     rv_r = anatomy.rv_extent_mm * rv_scale
     rv_dist = np.hypot((hx - rv_cx) / 1.0, (hy - rv_cy) / 0.85)
 
-    peri = (r <= epi + anatomy.pericardial_fat_mm) | (rv_dist <= rv_r + anatomy.rv_wall_mm + anatomy.pericardial_fat_mm)
-    t[peri] = Tissue.PERICARDIAL_FAT
-    if rv_r > 3.0:
-        t[(rv_dist <= rv_r + anatomy.rv_wall_mm) & (r > epi)] = Tissue.RV_WALL
-        t[(rv_dist <= rv_r) & (r > epi + anatomy.rv_wall_mm * 0.0)] = Tissue.RV_BLOOD
+    if anatomy.rv_model == "crescent":
+        rv_cavity, rv_outer = _rv_crescent(anatomy, r, theta, epi, rv_scale)
+    else:
+        rv_cavity = (rv_dist <= rv_r) if rv_r > 3.0 else np.zeros(r.shape, bool)
+        rv_outer = (rv_dist <= rv_r + anatomy.rv_wall_mm) if rv_r > 3.0 else np.zeros(r.shape, bool)
+        rv_outer_fat = rv_dist <= rv_r + anatomy.rv_wall_mm + anatomy.pericardial_fat_mm
+    if anatomy.rv_model == "crescent":
+        rv_outer_fat = _rv_crescent(anatomy, r, theta, epi, rv_scale,
+                                    extra_mm=anatomy.pericardial_fat_mm)[1]
+    t[(r <= epi + anatomy.pericardial_fat_mm) | rv_outer_fat] = Tissue.PERICARDIAL_FAT
+    t[rv_outer & (r > epi)] = Tissue.RV_WALL
+    t[rv_cavity & (r > epi)] = Tissue.RV_BLOOD
     t[r <= epi] = Tissue.MYOCARDIUM
     if anatomy.oedema_sector_deg is not None:
         start, extent = anatomy.oedema_sector_deg
@@ -151,6 +166,23 @@ def tissue_map(anatomy: Anatomy, level: float = 0.5, supersample: int = 1) -> np
             pap = np.hypot(hx - px, hy - py) <= anatomy.papillary_radius_mm * scale
             t[pap & (r <= endo)] = Tissue.PAPILLARY
     return t
+
+
+def _rv_crescent(anatomy: Anatomy, r: np.ndarray, theta: np.ndarray, epi: np.ndarray, rv_scale: float,
+                 extra_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """RV cavity and cavity+free wall as a crescent on the LV epicardium (polar profile)."""
+    centre = np.deg2rad(anatomy.rv_angle_deg)
+    half = np.deg2rad(anatomy.rv_span_deg) / 2 * (0.75 + 0.25 * rv_scale)
+    u = ((theta - centre + np.pi) % (2 * np.pi) - np.pi) / half  # -1..1 across the span
+    inside = np.abs(u) < 1.0
+    # skewed profile: the bulk of the cavity lies towards the anterior tip (smaller theta, u < 0)
+    peak = -anatomy.rv_skew
+    v = np.clip((u - peak) / np.where(u > peak, 1 - peak, 1 + peak), -1, 1)
+    profile = np.where(inside, (1.0 - v ** 2) ** anatomy.rv_tip_power, 0.0)
+    depth = anatomy.rv_depth_mm * rv_scale * profile
+    cavity = inside & (r > epi) & (r <= epi + depth) & (depth > 1.0)
+    outer = inside & (r > epi) & (r <= epi + depth + (anatomy.rv_wall_mm + extra_mm) * (depth > 1.0))
+    return cavity, outer
 
 
 def tissue_properties(tissues: np.ndarray, anatomy: Anatomy, blood: str = "bright") -> tuple[np.ndarray, np.ndarray]:

@@ -55,7 +55,8 @@ def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
 class NodeProcess:
     """``dicom-node serve`` as a subprocess on a free loopback port."""
 
-    def __init__(self, workdir: Path, ae_title: str = "PINN_NODE", extra_toml: str = "", port: int | None = None):
+    def __init__(self, workdir: Path, ae_title: str = "PINN_NODE", extra_toml: str = "", port: int | None = None,
+                 preload: bool = False):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
@@ -65,6 +66,8 @@ class NodeProcess:
         self.config_path.write_text(
             f'[node]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\nstorage = "{self.storage}"\n'
             + extra_toml
+            # most tests never process a series: spare them the network load at start-up
+            + ("" if preload or "[engine]" in extra_toml else "[engine]\npreload = false\n")
         )
         self.proc: subprocess.Popen | None = None
         self.output = self.workdir / "node.out"

@@ -27,7 +27,7 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
     sim = tmp_path / "scanner"
     simulate_t2(sim, seed=31, snr=40, matrix=192, slices=3)
     truth = np.load(sim / "truth.npz")
-    node = NodeProcess(tmp_path / "node")
+    node = NodeProcess(tmp_path / "node", preload=True)
     orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node.port).start()
     node.config_path.write_text(node.config_path.read_text() + "[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
                                 + orthanc.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n')

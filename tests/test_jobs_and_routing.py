@@ -43,6 +43,19 @@ def test_complete_series_is_forwarded(node_factory, storescp_factory, tmp_path):
     assert node.index_count("SELECT COUNT(*) FROM series WHERE state = 'complete'") == 1
 
 
+def test_own_results_are_not_forwarded_again(node_factory, storescp_factory, tmp_path):
+    """A series the node made (description ends '(PINN node)') is already routed by its job."""
+    dest = storescp_factory(ae_title="PACS")
+    node = node_factory(extra_toml="[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n"
+                        + dest.destination_toml() + '[routing]\nforward_series_to = ["pacs"]\n').start()
+    files = write_mr_series(tmp_path / "s", 2, series_description="T2 map (PINN node)")
+    run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
+    assert wait_for(lambda: node.index_count("SELECT COUNT(*) FROM series WHERE state = 'complete'") == 1)
+    assert node.index_count("SELECT COUNT(*) FROM jobs") == 0
+    assert any(e.get("kind") == "own-result" for e in node.events("series.classified"))
+    assert not dest.received_sop_uids()
+
+
 def test_series_is_not_complete_while_instances_arrive(node_factory, tmp_path):
     node = node_factory(extra_toml="[series]\nstable_seconds = 2.0\ncheck_interval_s = 0.2\n").start()
     files = write_mr_series(tmp_path / "s", 4)

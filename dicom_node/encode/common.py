@@ -19,6 +19,9 @@ from dicom_node import __version__
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
 MANUFACTURER = "PINN DICOM node"
 MODEL_NAME = "pinn-dicom-node"
+# every derived series' description ends with this; the node and the Orthanc Lua rule
+# recognise their own results by it (no processing, forwarding or loops)
+DERIVED_SUFFIX = "(PINN node)"
 HEART = hd.sr.CodedConcept("80891009", "SCT", "Heart")
 
 

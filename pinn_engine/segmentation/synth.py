@@ -44,6 +44,11 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float) -> Anatomy
         rv_extent_mm=float(rng.uniform(20, 50)),
         rv_angle_deg=float(rng.uniform(140, 200)),
         rv_wall_mm=float(rng.uniform(2.0, 5.0)),
+        rv_model="crescent" if rng.random() < 0.75 else "ellipse",
+        rv_span_deg=float(rng.uniform(110, 190)),
+        rv_depth_mm=float(rng.uniform(18, 50)),
+        rv_skew=float(rng.uniform(-0.2, 0.6)),
+        rv_tip_power=float(rng.uniform(0.3, 1.2)),
         papillary_radius_mm=float(rng.uniform(0, 6)),
         pericardial_fat_mm=float(rng.uniform(0, 6)),
         body_semi_axes_mm=(float(rng.uniform(130, 190)), float(rng.uniform(90, 140))),
@@ -121,8 +126,10 @@ def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray,
         m0[blood] *= rng.uniform(0.02, 0.12)
         slow = blood & _blobs(rng, m0.shape, int(rng.integers(0, 6)), (2, 6))  # slow-flow signal
         m0[slow] = rng.uniform(0.3, 1.0)
-        trab = blood & (ndimage.binary_dilation(labels == 2, iterations=2)) & (rng.random(m0.shape) < 0.3)
-        m0[trab] = rng.uniform(0.4, 0.9)
+        # trabeculae and slow flow along the endocardium: grey, irregular, labelled blood pool
+        rim = ndimage.binary_dilation(labels == 2, iterations=int(rng.integers(1, 4))) & blood
+        trab = rim & (ndimage.gaussian_filter(rng.random(m0.shape), 0.8) > rng.uniform(0.45, 0.55))
+        m0[trab] = rng.uniform(0.3, 0.9)
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
@@ -132,9 +139,11 @@ def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray,
         m0[(tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)] *= rng.uniform(0.05, 0.3)
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
-    distract = body & ~ndimage.binary_dilation(labels > 0, iterations=3) & _blobs(
-        rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
+    outside_heart = body & ~ndimage.binary_dilation(labels > 0, iterations=int(rng.integers(1, 4)))
+    distract = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
     m0[distract] = rng.uniform(0.8, 2.0)
+    dark = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 3)), (4, 15))  # bowel gas, vessels
+    m0[dark] *= rng.uniform(0.02, 0.3)
 
     if contrast.startswith("t2prep"):
         te = np.array([0.0, rng.uniform(20, 35), rng.uniform(40, 65)])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pinn_engine.device import default_device
 from pinn_engine.segmentation.network import N_CLASSES, UNet, count_parameters
 from pinn_engine.segmentation.synth import make_dataset
 
@@ -28,8 +29,11 @@ def _dataset_part(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return make_dataset(n, seed)
 
 
+PART = 250  # samples per generator part; parts, not workers, fix the data
+
+
 def generate(n: int, seed: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    parts = [(n // workers + (i < n % workers), seed * 1000 + i) for i in range(workers)]
+    parts = [(min(PART, n - start), seed * 1000 + i) for i, start in enumerate(range(0, n, PART))]
     with mp.get_context("spawn").Pool(workers) as pool:
         chunks = pool.map(_dataset_part, parts)
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
@@ -67,33 +71,40 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def predict(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(model(torch.as_tensor(images[i:i + batch], dtype=torch.float32)).argmax(1).numpy())
+            x = torch.as_tensor(images[i:i + batch], dtype=torch.float32, device=device)
+            out.append(model(x).argmax(1).cpu().numpy())
     return np.concatenate(out).astype(np.uint8)
 
 
 def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0, batch: int = 16,
-          validation: int = 200, lr: float = 2e-3, steps: int | None = None, log=print) -> dict:
+          validation: int = 200, lr: float = 2e-3, steps: int | None = None, workers: int = 2,
+          device: str | None = None, log=print) -> dict:
     """Generate data, train, save fp16 weights + metadata to ``out``.
 
     With ``steps`` the run is reproducible from the seed (same data, batches and
     schedule); ``minutes`` is then only a safety limit. Without it, training stops when
     the time budget is used (the step count is recorded to reproduce the run).
+    Data and batch order depend only on the seed (not on ``workers``' count per part:
+    the parts are fixed); a GPU, when present, only changes floating-point rounding.
     """
     t_start = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     log(f"generating {samples} training + {validation} validation samples (seed {seed})")
-    x_train, y_train = generate(samples, seed)
-    x_val, y_val = generate(validation, seed + 10_000)
+    x_train, y_train = generate(samples, seed, workers)
+    x_val, y_val = generate(validation, seed + 10_000, workers)
     t_gen = time.time() - t_start
     log(f"  {t_gen:.0f} s")
-    model = UNet()
+    dev = torch.device(device) if device else default_device()
+    log(f"training on {dev}")
+    model = UNet().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget = minutes * 60 - t_gen - 60  # keep a minute for validation and saving
-    weights = torch.tensor(CLASS_WEIGHTS)
+    weights = torch.tensor(CLASS_WEIGHTS, device=dev)
     step, epoch = 0, 0
     t_train = time.time()
     est_steps = None
@@ -109,8 +120,8 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
             if progress() >= 1.0 or time.time() - t_train >= budget:
                 break
             idx = perm[i:i + batch]
-            x = _augment(torch.as_tensor(x_train[idx.numpy()], dtype=torch.float32), gen)
-            y = torch.as_tensor(y_train[idx.numpy()], dtype=torch.long)
+            x = _augment(torch.as_tensor(x_train[idx.numpy()], dtype=torch.float32), gen).to(dev)
+            y = torch.as_tensor(y_train[idx.numpy()], dtype=torch.long, device=dev)
             # cosine schedule over the run
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress(), 1.0)))
@@ -138,6 +149,7 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
         "seed": seed, "samples": samples, "validation_samples": validation, "batch": batch, "lr": lr,
         "steps": step, "epochs": epoch, "train_minutes": round((time.time() - t_start) / 60, 1),
         "parameters": count_parameters(model), "synthetic_validation_dice": metrics, "torch": str(torch.__version__),
+        "device": str(dev),
     }
     torch.save({"state_dict": state, "meta": meta}, out)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
