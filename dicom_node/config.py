@@ -46,6 +46,7 @@ class NodeSection:
     dimse_timeout_s: float = 30.0
     network_timeout_s: float = 60.0
     index_synchronous: str = "normal"  # "full": fsync the index on every commit too
+    tls_port: int = 0  # > 0: also listen with TLS (mutual certificates, [security] tls_*) on this port
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Destination:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # associate with TLS ([security] tls_* certificates)
 
     @property
     def address(self) -> str:
@@ -74,7 +76,12 @@ class RoutingSection:
 
 @dataclass(frozen=True)
 class SecuritySection:
-    allowed_calling_aes: tuple[str, ...] = ()
+    allowed_calling_aes: tuple[str, ...] = ()  # empty: any calling AE title
+    audit_log: str = ""  # JSON lines; default <storage>/log/audit.jsonl
+    tls_certificate: str = ""  # PEM certificate of the node (TLS server and client)
+    tls_private_key: str = ""  # PEM key of that certificate
+    tls_ca_certificates: str = ""  # PEM bundle: peers must present a certificate issued by one of these
+    tls_verify_hostname: bool = False  # also match the destination's host name against its certificate
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,10 @@ class Config:
     @property
     def storage_dir(self) -> Path:
         return Path(self.node.storage)
+
+    @property
+    def audit_path(self) -> Path:
+        return Path(self.security.audit_log) if self.security.audit_log else self.storage_dir / "log" / "audit.jsonl"
 
     def destination(self, name: str) -> Destination:
         for d in self.destinations:
@@ -281,6 +292,17 @@ def parse_config(raw: dict[str, Any]) -> Config:
     security: SecuritySection = sections.get("security", SecuritySection())
     for ae in security.allowed_calling_aes:
         check_ae_title(ae, "[security] allowed_calling_aes")
+    if node.tls_port or any(d.tls for d in destinations):
+        if node.tls_port:
+            _check_port(node.tls_port, "[node] tls_port")
+            if node.tls_port == node.port:
+                raise ConfigError("[node] tls_port must differ from port")
+        for key in ("tls_certificate", "tls_private_key", "tls_ca_certificates"):
+            value = getattr(security, key)
+            if not value:
+                raise ConfigError(f"[security] {key} is required when TLS is used")
+            if not Path(value).is_file():
+                raise ConfigError(f"[security] {key}: no such file {value!r}")
 
     jobs: JobsSection = sections.get("jobs", JobsSection())
     if jobs.workers < 1 or jobs.max_attempts < 1:

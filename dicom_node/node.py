@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydicom import config as pydicom_config
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import Config
 from dicom_node.index import Index, Job
 from dicom_node.jobs import JobRunner
@@ -37,14 +38,24 @@ class Node:
         root.mkdir(parents=True, exist_ok=True)
         self.index = open_index(config)
         self.store = InstanceStore(root, self.index)
-        self.sender = StorageSender(config.node.ae_title, config.send)
-        self.scp = NodeSCP(config, self.store, self.index)
+        self.sender = StorageSender(config.node.ae_title, config.send, self._client_tls(config))
+        self.audit = AuditLog(config.audit_path)
+        self.scp = NodeSCP(config, self.store, self.index, self.audit)
         self.tracker = SeriesTracker(self.index, config, self.job_kind_for)
         self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series, JOB_KIND_T2: self.process_t2},
                               self.tracker.wakeup)
         self._segmenter = None
         self._engine_lock = threading.Lock()
         self._stopped = threading.Event()
+
+    @staticmethod
+    def _client_tls(config: Config):
+        """TLS context for destinations marked ``tls = true`` (None if none is)."""
+        if not any(d.tls for d in config.destinations):
+            return None
+        from dicom_node.tls import client_context  # noqa: PLC0415
+
+        return client_context(config.security)
 
     # -- job work ----------------------------------------------------------------
     def segmenter(self):
@@ -157,10 +168,15 @@ class Node:
         problems = []
         for name in names:
             dest = self.config.destination(name)
-            report = self.sender.send(dest.ae_title, dest.host, dest.port, instances)
+            report = self.sender.send(dest.ae_title, dest.host, dest.port, instances, tls=dest.tls)
             log_event(LOG, "send.report", destination=name, acknowledged=len(report.acknowledged),
                       failed=len(report.failed), unacknowledged=len(report.unacknowledged),
                       associations=report.associations)
+            self.audit.write("send", called_ae=dest.ae_title, peer=f"{dest.host}:{dest.port}", tls=dest.tls,
+                             calling_ae=self.config.node.ae_title, what=what, instances=len(instances),
+                             acknowledged=len(report.acknowledged), failed=len(report.failed),
+                             unacknowledged=len(report.unacknowledged), associations=report.associations,
+                             result="success" if report.complete else "failure")
             if not report.complete:
                 failed = ", ".join(f"0x{s:04X}" for s in sorted(set(report.failed.values())))
                 problems.append(
@@ -192,6 +208,7 @@ class Node:
 
         render_worker.stop()
         self.index.close()
+        self.audit.close()
         self.store.end_session()
         log_event(LOG, "node.stopped")
         self._stopped.set()

@@ -29,6 +29,7 @@ from dicom_node.config import Config
 from dicom_node.index import Index, StoredInstance
 from dicom_node.filemeta import encode_file_meta
 from dicom_node.instance import STATUS_INVALID_UID, InvalidInstance, is_valid_uid, parse_instance
+from dicom_node.audit import AuditLog
 from dicom_node.logs import log_event
 from dicom_node.netutil import NODELAY_HANDLERS
 from dicom_node.store import InstanceStore, StorageUnavailable
@@ -90,12 +91,13 @@ def _peer(event: evt.Event) -> dict[str, Any]:
 class NodeSCP:
     """Builds the AE and implements the DIMSE handlers over the store and index."""
 
-    def __init__(self, config: Config, store: InstanceStore, index: Index) -> None:
+    def __init__(self, config: Config, store: InstanceStore, index: Index, audit: AuditLog | None = None) -> None:
         self.config = config
         self.store = store
         self.index = index
+        self.audit = audit
         self.ae = self._build_ae()
-        self.server = None
+        self.servers: list = []
 
     def _build_ae(self) -> AE:
         cfg = self.config.node
@@ -128,22 +130,39 @@ class NodeSCP:
             (evt.EVT_REJECTED, self._log_assoc("association.rejected", logging.WARNING)),
             (evt.EVT_ABORTED, self._log_assoc("association.aborted", logging.WARNING)),
             (evt.EVT_RELEASED, self._log_assoc("association.released")),
+            *(self.audit.handlers(self.rejection_reason) if self.audit else ()),
         ]
+
+    @staticmethod
+    def rejection_reason(event: evt.Event) -> str:
+        """The A-ASSOCIATE-RJ's result, source and reason as the standard words them (PS3.8 9.3.4)."""
+        rj = event.assoc.acceptor.primitive
+        try:
+            return f"{rj.result_str}, {rj.source_str}: {rj.reason_str}"
+        except AttributeError:
+            return "rejected"
 
     def start(self) -> None:
         cfg = self.config.node
-        self.server = self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers())
+        self.servers.append(self.ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=self.handlers()))
+        if cfg.tls_port:
+            from dicom_node.tls import server_context  # noqa: PLC0415
+
+            self.servers.append(self.ae.start_server((cfg.host, cfg.tls_port), block=False,
+                                                     evt_handlers=self.handlers(),
+                                                     ssl_context=server_context(self.config.security)))
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        for server in self.servers:
+            server.shutdown()
+        self.servers = []
         self.ae.shutdown()
 
     @staticmethod
     def _log_assoc(name: str, level: int = logging.INFO):
         def handler(event: evt.Event) -> None:
-            log_event(LOG, name, level, **_peer(event))
+            extra = {"reason": NodeSCP.rejection_reason(event)} if name == "association.rejected" else {}
+            log_event(LOG, name, level, **_peer(event), **extra)
 
         return handler
 
@@ -261,10 +280,15 @@ class NodeSCP:
             instances = self._select(event)
         except qr.QueryError:
             pass
-        yield destination.host, destination.port, {
+        options = {
             "contexts": self._move_contexts(instances or []) or [build_context(Verification)],
             "evt_handlers": NODELAY_HANDLERS,
         }
+        if destination.tls:
+            from dicom_node.tls import client_context  # noqa: PLC0415
+
+            options["tls_args"] = (client_context(self.config.security), destination.host)
+        yield destination.host, destination.port, options
         if instances is None:
             raise ValueError("invalid C-MOVE identifier")  # pynetdicom answers 0xC513
         log_event(LOG, "move", **_peer(event), destination=destination.name, instances=len(instances))

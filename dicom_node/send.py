@@ -70,9 +70,10 @@ def contexts_for(instances: Iterable[OutgoingInstance]) -> list[list[Presentatio
 class StorageSender:
     """Sends instances to one peer AE with re-association and back-off."""
 
-    def __init__(self, calling_ae: str, settings: SendSection | None = None) -> None:
+    def __init__(self, calling_ae: str, settings: SendSection | None = None, tls_context=None) -> None:
         self.calling_ae = calling_ae
         self.settings = settings or SendSection()
+        self.tls_context = tls_context  # ssl.SSLContext for peers reached with TLS
 
     def _new_ae(self, contexts: Sequence[PresentationContext]) -> AE:
         ae = AE(ae_title=self.calling_ae)
@@ -82,13 +83,17 @@ class StorageSender:
         ae.requested_contexts = list(contexts)
         return ae
 
-    def send(self, ae_title: str, host: str, port: int, instances: Sequence[OutgoingInstance]) -> SendReport:
+    def send(self, ae_title: str, host: str, port: int, instances: Sequence[OutgoingInstance],
+             tls: bool = False) -> SendReport:
         """Send ``instances``; the report says which the peer acknowledged."""
+        if tls and self.tls_context is None:
+            raise SendError(f"{ae_title}@{host}:{port} needs TLS but no TLS certificates are configured")
+        tls_args = (self.tls_context, host) if tls else None
         report = SendReport()
         for group in contexts_for(instances):
             keys = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in group}
             todo = [i for i in instances if (i.sop_class_uid, i.transfer_syntax_uid) in keys]
-            self._send_group(ae_title, host, port, group, todo, report)
+            self._send_group(ae_title, host, port, group, todo, report, tls_args)
         return report
 
     def _send_group(
@@ -99,6 +104,7 @@ class StorageSender:
         contexts: list[PresentationContext],
         todo: list[OutgoingInstance],
         report: SendReport,
+        tls_args: tuple | None = None,
     ) -> None:
         pending = list(todo)
         tries = 0
@@ -110,7 +116,7 @@ class StorageSender:
                 time.sleep(self.settings.backoff_s * 2 ** (tries - 1))
             tries += 1
             ae = self._new_ae(contexts)
-            assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=NODELAY_HANDLERS)
+            assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=NODELAY_HANDLERS, tls_args=tls_args)
             report.associations += 1
             if not assoc.is_established:
                 reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no connection"

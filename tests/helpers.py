@@ -35,6 +35,17 @@ def wait_for_port(port: int, timeout: float = 30, proc: subprocess.Popen | None 
     raise AssertionError(f"{what} did not start within {timeout} s")
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something true (returned) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 def run(cmd: Sequence[str], timeout: float = 120, check: bool = False, **kw) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV, **kw)
     if check and proc.returncode != 0:

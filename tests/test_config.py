@@ -54,7 +54,12 @@ allowed_calling_aes = ["SCANNER"]
         ({"node": {"ae_title": "A" * 17}}, "invalid AE title"),
         ({"routing": {"send_results_to": ["pacs"]}}, "destination 'pacs', which is not configured"),
         ({"destinations": [{"name": "x", "ae_title": "X", "host": "h"}]}, "missing key(s): port"),
-        ({"destinations": [{"name": "x", "ae_title": "X", "host": "h", "port": 1, "tls": True}]}, "unknown key 'tls'"),
+        ({"destinations": [{"name": "x", "ae_title": "X", "host": "h", "port": 1, "zip": True}]}, "unknown key 'zip'"),
+        ({"destinations": [{"name": "x", "ae_title": "X", "host": "h", "port": 1, "tls": True}]},
+         "tls_certificate is required"),
+        ({"node": {"tls_port": 2762}, "security": {"tls_certificate": "/nonexistent.pem", "tls_private_key": "k",
+                                                   "tls_ca_certificates": "c"}}, "no such file"),
+        ({"engine": {"preload": "yes"}}, "expected true or false"),
         ({"series": {"stable_seconds": 0}}, "stable_seconds must be > 0"),
     ],
 )

@@ -12,17 +12,9 @@ from dicom_node.config import Config, JobsSection, SeriesSection
 from dicom_node.index import Index
 from dicom_node.jobs import JobRunner
 from dicom_node.synthetic import write_mr_series
-from tests.helpers import free_port, run
+from tests.helpers import free_port, run, wait_for
 
 
-def wait_for(predicate, timeout=30.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def jobs_cli(node, *args):

@@ -222,7 +222,7 @@ def test_accepted_sockets_use_tcp_nodelay(tmp_path, dcmtk):
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", cfg.node.port, ae_title="PINN_NODE")
         assert assoc.is_established
-        server_assocs = n.scp.server.active_associations
+        server_assocs = n.scp.servers[0].active_associations
         assert server_assocs
         server_sock = server_assocs[0].dul.socket.socket
         assert server_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
