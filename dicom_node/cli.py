@@ -229,33 +229,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
 
-    from dicom_node.node import open_index  # noqa: PLC0415
+    from dicom_node.health import snapshot  # noqa: PLC0415
     from dicom_node.send import echo  # noqa: PLC0415
 
     config = load_config(args.config)
-    storage = config.storage_dir
-    status: dict = {"ae_title": config.node.ae_title, "address": f"{config.node.host}:{config.node.port}",
-                    "storage": str(storage.resolve())}
+    status = snapshot(config)
     host = "127.0.0.1" if config.node.host in ("0.0.0.0", "") else config.node.host
     status["responding"] = echo(config.node.ae_title, host, config.node.port, calling_ae="STATUS", timeout_s=5) == 0
-    if storage.exists():
-        usage = shutil.disk_usage(storage)
-        status["disk_free_gb"] = round(usage.free / 1e9, 2)
-        status["disk_used_percent"] = round(100 * usage.used / usage.total, 1)
-    if (storage / "index.sqlite").exists():
-        index = open_index(config)
-        try:
-            jobs = index.jobs()
-            status["instances"] = index.count_instances()
-            status["jobs"] = {state: sum(j.state == state for j in jobs) for state in ("pending", "running", "done", "failed")}
-            done = [j for j in jobs if j.state == "done"]
-            status["last_success"] = _format_time(max(j.updated_at for j in done)) if done else None
-            failed = [j for j in jobs if j.state == "failed"]
-            status["failed_jobs"] = [{"id": j.id, "kind": j.kind, "error": (j.last_error or "")[:200]} for j in failed]
-        finally:
-            index.close()
     print(json.dumps(status, indent=2))
     return 0 if status["responding"] else 1
 

@@ -46,6 +46,7 @@ class NodeSection:
     dimse_timeout_s: float = 30.0
     network_timeout_s: float = 60.0
     index_synchronous: str = "normal"  # "full": fsync the index on every commit too
+    http_port: int = 0  # > 0: /health and /metrics over HTTP on host:http_port
     tls_port: int = 0  # > 0: also listen with TLS (mutual certificates, [security] tls_*) on this port
 
 
@@ -292,6 +293,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
     security: SecuritySection = sections.get("security", SecuritySection())
     for ae in security.allowed_calling_aes:
         check_ae_title(ae, "[security] allowed_calling_aes")
+    if node.http_port:
+        _check_port(node.http_port, "[node] http_port")
     if node.tls_port or any(d.tls for d in destinations):
         if node.tls_port:
             _check_port(node.tls_port, "[node] tls_port")

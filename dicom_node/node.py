@@ -46,6 +46,7 @@ class Node:
                               self.tracker.wakeup)
         self._segmenter = None
         self._engine_lock = threading.Lock()
+        self.health = None
         self._stopped = threading.Event()
 
     @staticmethod
@@ -196,11 +197,18 @@ class Node:
         self.jobs.start()
         self.tracker.start()
         self.scp.start()
+        if self.config.node.http_port:
+            from dicom_node.health import HealthServer  # noqa: PLC0415
+
+            self.health = HealthServer(self.config, lambda: bool(self.scp.servers))
+            self.health.start()
         cfg = self.config.node
         log_event(LOG, "node.started", ae_title=cfg.ae_title, host=cfg.host, port=cfg.port,
                   storage=str(Path(cfg.storage).resolve()))
 
     def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
         self.scp.stop()
         self.tracker.stop()
         self.jobs.stop()

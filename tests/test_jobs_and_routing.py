@@ -152,14 +152,23 @@ def test_failing_job_backoff_and_dead_letter(index_with_job):
 def test_status_reports_health(node_factory, tmp_path):
     import json as _json
 
-    node = node_factory().start()
+    import urllib.request
+
+    http_port = free_port()
+    node = node_factory(extra_toml=f"http_port = {http_port}\n").start()
     files = write_mr_series(tmp_path / "s", 2)
     run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
     proc = run([sys.executable, "-m", "dicom_node", "status", "--config", node.config_path])
     assert proc.returncode == 0, proc.stderr
     status = _json.loads(proc.stdout)
     assert status["responding"] and status["instances"] == 2 and status["disk_free_gb"] > 0
-    assert set(status["jobs"]) == {"pending", "running", "done", "failed"}
+    assert set(status["jobs"]) == {"pending", "running", "done", "failed"} and status["queue_depth"] == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=10) as rsp:
+        health = _json.loads(rsp.read())
+    assert rsp.status == 200 and health["responding"] and health["instances"] == 2
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as rsp:
+        metrics = rsp.read().decode()
+    assert "pinn_node_instances 2" in metrics and 'pinn_node_jobs{state="failed"} 0' in metrics
     node.stop()
     down = run([sys.executable, "-m", "dicom_node", "status", "--config", node.config_path])
     assert down.returncode == 1 and _json.loads(down.stdout)["responding"] is False
