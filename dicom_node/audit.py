@@ -10,6 +10,7 @@ so that it survives a crash of the node up to the last completed operation.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from pynetdicom import evt
 
 from dicom_node.tls import peer_subject
 
+LOG = logging.getLogger("dicom_node.audit")
 _PENDING = (0xFF00, 0xFF01)
 
 
@@ -38,6 +40,7 @@ class AuditLog:
         self.path = path
         self._file = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115  (held open)
         self._lock = threading.Lock()
+        self.lost = 0  # lines that could not be written
 
     def write(self, kind: str, **fields: Any) -> None:
         now = time.time()
@@ -45,7 +48,14 @@ class AuditLog:
                  "kind": kind, **fields}
         line = json.dumps(entry, default=str, ensure_ascii=False)
         with self._lock:
-            self._file.write(line + "\n")
+            try:
+                self._file.write(line + "\n")
+            except (OSError, ValueError) as exc:
+                # a full or failing volume must not break the DICOM service it audits; the
+                # line goes to the main log (stderr) instead. Put the audit log on its own
+                # volume ([security] audit_log) where that matters.
+                self.lost += 1
+                LOG.error("audit line not written (%s): %s", exc, line)
 
     def close(self) -> None:
         with self._lock:

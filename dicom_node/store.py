@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -33,6 +34,32 @@ _RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno
 
 class StorageUnavailable(OSError):
     """The store cannot take the instance now (disk full, read-only, permissions)."""
+
+
+# SQLite result codes meaning "the volume cannot take it": FULL, IOERR, READONLY, CANTOPEN
+_SQLITE_RESOURCE_CODES = {13, 10, 8, 14}
+
+
+def _resource_error(exc: BaseException) -> StorageUnavailable | None:
+    """The StorageUnavailable an exception amounts to, or None."""
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        return StorageUnavailable(exc.errno, f"cannot store instance: {exc.strerror}")
+    if isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", 0) & 0xFF in _SQLITE_RESOURCE_CODES or "disk is full" in str(exc)
+    ):
+        return StorageUnavailable(errno.ENOSPC, f"cannot index instance: {exc}")
+    return None
+
+
+def _remove_quietly(path: Path) -> None:
+    """Unlink if present; on a read-only or failing volume even that can fail (EROFS), which is
+    no reason to turn an 'out of resources' answer into a crash of the handler."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -69,7 +96,7 @@ def _write_durably(path: Path, meta: bytes, body: bytes) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        path.unlink(missing_ok=True)
+        _remove_quietly(path)
         raise
     os.close(fd)
 
@@ -141,7 +168,7 @@ class InstanceStore:
             staged.future.result()
         except Exception:  # the write failed anyway; nothing to keep
             pass
-        staged.path.unlink(missing_ok=True)
+        _remove_quietly(staged.path)
 
     def commit(self, info: InstanceInfo, staged: "StagedFile", calling_ae: str | None = None) -> PutResult:
         """Move a staged file into the store and index it; durable when this returns."""
@@ -157,15 +184,21 @@ class InstanceStore:
             ):
                 self.discard(staged)
                 return PutResult("duplicate", final)
+            moved, backup = False, None
             try:
                 staged.future.result()
                 self._ensure_dir(final.parent)
+                if previous is not None and final.exists():
+                    # replacing: keep the old file until the index says the new one is in place
+                    backup = self.tmp_dir / f"{uuid.uuid4().hex}.prev"
+                    os.link(final, backup)
                 try:
                     os.replace(staged.path, final)
                 except FileNotFoundError:  # the directory vanished (removed by hand): recreate
                     self._durable_dirs.discard(final.parent)
                     self._ensure_dir(final.parent)
                     os.replace(staged.path, final)
+                moved = True
                 # The rename is visible at once (enough against a process crash); the directory
                 # fsync makes it survive a power cut and runs while the index commits.
                 dir_synced = self._io.submit(_fsync_dir, final.parent)
@@ -173,17 +206,28 @@ class InstanceStore:
                     outcome = self.index.upsert_instance(info, relpath, staged.size, time.time(), calling_ae)
                 finally:
                     dir_synced.result()
-            except OSError as exc:
-                staged.path.unlink(missing_ok=True)
-                if exc.errno in _RESOURCE_ERRNOS:
-                    raise StorageUnavailable(exc.errno, f"cannot store instance: {exc.strerror}") from exc
+            except BaseException as exc:
+                if moved:  # the index did not take it: the store must not keep an unindexed file
+                    if backup is not None:
+                        try:
+                            os.replace(backup, final)
+                            backup = None
+                        except OSError:
+                            pass
+                    else:
+                        _remove_quietly(final)
+                _remove_quietly(staged.path)
+                if backup is not None:
+                    _remove_quietly(backup)
+                unavailable = _resource_error(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
                 raise
-            except BaseException:
-                staged.path.unlink(missing_ok=True)
-                raise
+            if backup is not None:
+                _remove_quietly(backup)
             if outcome.previous is not None:
                 if outcome.previous.path != relpath:
-                    self.abspath(outcome.previous.path).unlink(missing_ok=True)
+                    _remove_quietly(self.abspath(outcome.previous.path))
                 log_event(
                     LOG,
                     "instance.replaced",
