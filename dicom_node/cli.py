@@ -181,18 +181,25 @@ def _cmd_process(args: argparse.Namespace) -> int:
             continue
     progress("classify")
     kind = classify(headers)
-    if kind.kind != "t2":
-        print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); only T2 series are processed yet",
-              file=sys.stderr)
+    if kind.kind not in ("t2", "perfusion"):
+        print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); T2 and perfusion series are "
+              "processed", file=sys.stderr)
         return 1
     from dicom_node import render_worker  # noqa: PLC0415
 
     render_worker.start()  # warms up while the series loads and the engine runs
     try:
-        from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
+        if kind.kind == "t2":
+            from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
 
-        outcome = process_t2(load_t2_series(paths), method=args.method, confidence=args.confidence,
-                             progress=progress)
+            outcome = process_t2(load_t2_series(paths), method=args.method, confidence=args.confidence,
+                                 progress=progress)
+        else:
+            from dicom_node.pipeline_perfusion import process_perfusion  # noqa: PLC0415
+            from dicom_node.series_io import load_perfusion_series  # noqa: PLC0415
+
+            steps[3:6] = ["segment", "register", "segment_registered", "aha", "fit"]
+            outcome = process_perfusion(load_perfusion_series(paths), progress=progress)
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)
         return 1
@@ -209,8 +216,12 @@ def _cmd_process(args: argparse.Namespace) -> int:
     print(f"\nwrote {len(outcome.objects)} derived objects, summary.json and pictures to {out} "
           f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     g = outcome.summary["global"]
-    print(f"LV myocardium T2 {g['t2_ms']:.1f} ± {g['t2_bound_ms']:.2f} ms (SD {g['t2_sd_ms']:.1f}, "
-          f"{g['n_pixels']} px); {len(outcome.summary['segments'])} AHA segments")
+    if kind.kind == "t2":
+        print(f"LV myocardium T2 {g['t2_ms']:.1f} ± {g['t2_bound_ms']:.2f} ms (SD {g['t2_sd_ms']:.1f}, "
+              f"{g['n_pixels']} px); {len(outcome.summary['segments'])} AHA segments")
+    else:
+        print(f"LV myocardium MBF {g['mbf_ml_min_g']:.2f} ml/min/g (SD {g['mbf_sd_ml_min_g']:.2f}, {g['n_pixels']} px); "
+              + ", ".join(f"{e['aha']}: {e['mbf_ml_min_g']:.2f}" for e in outcome.summary["segments"]))
     return 0
 
 
@@ -224,6 +235,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"wrote {n} MR instances ({phantom.images.shape[0]} slices x {phantom.images.shape[1]} preparation times "
           f"{', '.join(f'{t:g}' for t in phantom.te_ms)} ms, {args.matrix}x{args.matrix}, SNR {args.snr:g}) "
           f"and truth.npz to {out}")
+    return 0
+
+
+def _cmd_simulate_perfusion(args: argparse.Namespace) -> int:
+    from dicom_node.simulate import simulate_perfusion  # noqa: PLC0415
+
+    out = Path(args.out)
+    phantom = simulate_perfusion(out, seed=args.seed, snr=args.snr, slices=args.slices, frames=args.frames,
+                                 matrix=args.matrix, ischaemia=not args.no_ischaemia)
+    s, f = phantom.images.shape[:2]
+    print(f"wrote {s * f} MR instances ({s} slices x {f} dynamics, {args.matrix}x{args.matrix}, SNR {args.snr:g}, "
+          f"{'an ischaemic sector at 40 % flow' if not args.no_ischaemia else 'no ischaemia'}) and truth.npz to {out}")
     return 0
 
 
@@ -276,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     t2.add_argument("--blood", choices=["bright", "black"], default="bright")
     t2.add_argument("--no-oedema", action="store_true", help="no oedema sector (T2 60 ms) in the myocardium")
     t2.set_defaults(func=_cmd_simulate)
+    pf = sim_sub.add_parser("perfusion", help="first-pass perfusion series (saturation recovery, 2CXM myocardium)")
+    pf.add_argument("--out", required=True, help="output folder")
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--snr", type=float, default=40.0, help="pre-contrast myocardial signal / noise SD")
+    pf.add_argument("--slices", type=int, default=3)
+    pf.add_argument("--frames", type=int, default=60, help="dynamics, one per second")
+    pf.add_argument("--matrix", type=int, default=128)
+    pf.add_argument("--no-ischaemia", action="store_true", help="no low-flow sector")
+    pf.set_defaults(func=_cmd_simulate_perfusion)
 
     pr = sub.add_parser("process", help="run the whole pipeline offline on a folder holding one series")
     pr.add_argument("dir", help="folder with the DICOM instances of one series")

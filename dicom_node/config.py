@@ -109,6 +109,10 @@ class EngineSection:
     t2_method: str = "pinn"  # "pinn" (default) or "nlls" (fast reference)
     confidence: float = 0.95  # of the per-pixel and per-segment bounds
     preload: bool = True  # load the network at start-up, not when the first series arrives
+    perfusion_method: str = "nlls"  # 2CXM fit: nlls, pinn-2cxm, pinn-reduced, pinn-combined
+    hematocrit: float = 0.45  # MBF = Fp / (1 - Hct) / density
+    myocardial_density_g_ml: float = 1.05
+    saturation_delay_ms: float = 100.0  # perfusion SR delay when the headers carry none
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,11 @@ def parse_config(raw: dict[str, Any]) -> Config:
         rules.append(rule)
 
     engine: EngineSection = sections.get("engine", EngineSection())
+    if engine.perfusion_method not in ("nlls", "pinn-2cxm", "pinn-reduced", "pinn-combined"):
+        raise ConfigError(f"[engine] perfusion_method must be nlls, pinn-2cxm, pinn-reduced or pinn-combined, "
+                          f"got {engine.perfusion_method!r}")
+    if not 0.2 <= engine.hematocrit <= 0.7:
+        raise ConfigError(f"[engine] hematocrit must be in 0.2-0.7, got {engine.hematocrit}")
     if engine.t2_method not in ("pinn", "nlls"):
         raise ConfigError(f"[engine] t2_method must be 'pinn' or 'nlls', got {engine.t2_method!r}")
     if not 0.5 < engine.confidence < 1.0:

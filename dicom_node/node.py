@@ -17,7 +17,7 @@ from dicom_node.jobs import JobRunner
 from dicom_node.logs import log_event
 from dicom_node.scp import NodeSCP
 from dicom_node.send import OutgoingInstance, SendError, StorageSender
-from dicom_node.series import JOB_KIND_FORWARD, JOB_KIND_T2, SeriesTracker
+from dicom_node.series import JOB_KIND_FORWARD, JOB_KIND_PERFUSION, JOB_KIND_T2, SeriesTracker
 from dicom_node.store import InstanceStore
 
 LOG = logging.getLogger("dicom_node.node")
@@ -42,7 +42,8 @@ class Node:
         self.audit = AuditLog(config.audit_path)
         self.scp = NodeSCP(config, self.store, self.index, self.audit)
         self.tracker = SeriesTracker(self.index, config, self.job_kind_for)
-        self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series, JOB_KIND_T2: self.process_t2},
+        self.jobs = JobRunner(self.index, config, {JOB_KIND_FORWARD: self.forward_series, JOB_KIND_T2: self.process_t2,
+                                                   JOB_KIND_PERFUSION: self.process_perfusion},
                               self.tracker.wakeup)
         self._segmenter = None
         self._engine_lock = threading.Lock()
@@ -111,6 +112,8 @@ class Node:
         log_event(LOG, "series.classified", series_uid=series_uid, kind=kind.kind, reason=kind.reason)
         if kind.kind == "t2":
             return JOB_KIND_T2
+        if kind.kind == "perfusion":
+            return JOB_KIND_PERFUSION
         return JOB_KIND_FORWARD if self.config.routing.forward_series_to else None
 
     def forward_series(self, job: Job) -> str:
@@ -120,26 +123,47 @@ class Node:
 
     def process_t2(self, job: Job) -> str:
         """The T2 job: process the series, store the derived objects, send them on."""
-        import json  # noqa: PLC0415
-
         from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
         from dicom_node.series_io import load_t2_series  # noqa: PLC0415
 
-        paths = [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]
         from dicom_node import render_worker  # noqa: PLC0415
 
         render_worker.start()  # no-op once running
-        series = load_t2_series(paths)
+        series = load_t2_series(self._series_paths(job))
         engine = self.config.engine
         outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=self.segmenter())
+        return self._deliver(job, outcome, "t2.processed", global_t2_ms=outcome.summary["global"]["t2_ms"])
+
+    def process_perfusion(self, job: Job) -> str:
+        """The perfusion job: motion correction, AIF, 2CXM per pixel and AHA segment, objects, send."""
+        from dicom_node import render_worker  # noqa: PLC0415
+        from dicom_node.pipeline_perfusion import process_perfusion  # noqa: PLC0415
+        from dicom_node.series_io import load_perfusion_series  # noqa: PLC0415
+        from pinn_engine.perfusion.quantify import PerfusionSettings  # noqa: PLC0415
+
+        render_worker.start()
+        engine = self.config.engine
+        settings = PerfusionSettings(hct=engine.hematocrit, density_g_ml=engine.myocardial_density_g_ml,
+                                     saturation_delay_ms=engine.saturation_delay_ms, method=engine.perfusion_method)
+        outcome = process_perfusion(load_perfusion_series(self._series_paths(job)), settings, self.segmenter())
+        return self._deliver(job, outcome, "perfusion.processed",
+                             global_mbf_ml_min_g=outcome.summary["global"]["mbf_ml_min_g"])
+
+    def _series_paths(self, job: Job) -> list[Path]:
+        return [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]
+
+    def _deliver(self, job: Job, outcome, event: str, **fields) -> str:
+        """Write summary and pictures, store the derived objects (served by Q/R), send them on."""
+        import json  # noqa: PLC0415
+
         results = self.config.storage_dir / "results" / str(job.series_uid)
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
         for name, data in outcome.pictures.items():
             (results / name).write_bytes(data)
         stored = [self.store_dataset(ds) for ds in outcome.objects.values()]
-        log_event(LOG, "t2.processed", series_uid=job.series_uid, objects=len(stored),
-                  global_t2_ms=outcome.summary["global"]["t2_ms"], timings_s=outcome.summary["timings_s"])
+        log_event(LOG, event, series_uid=job.series_uid, objects=len(stored), timings_s=outcome.summary["timings_s"],
+                  **fields)
         return self._send(stored, self.config.routing.send_results_to, f"{len(stored)} derived objects")
 
     def store_dataset(self, ds) -> OutgoingInstance:

@@ -21,6 +21,7 @@ LOG = logging.getLogger("dicom_node.series")
 
 JOB_KIND_FORWARD = "forward"
 JOB_KIND_T2 = "t2"
+JOB_KIND_PERFUSION = "perfusion"
 
 
 class SeriesTracker:

@@ -12,6 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from dicom_node import __version__
 from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.synthetic import synthetic_uid
+from pinn_engine.perfusion.phantom import PerfusionPhantom, perfusion_phantom
 from pinn_engine.phantom import Anatomy, T2Phantom, t2_phantom, with_oedema
 
 # Short-axis geometry in patient coordinates (LPS): the LV long axis runs base -> apex
@@ -34,13 +35,86 @@ def _format(v: float) -> str:
     return f"{v:.6f}".rstrip("0").rstrip(".")
 
 
+def _instance(*, seed: int, patient_id: str, series_number: int, sop_key: tuple, when: _dt.datetime,
+              ipp: np.ndarray, row: np.ndarray, col: np.ndarray, centre: np.ndarray, dx: float,
+              pixels: np.ndarray, instance_number: int, kind: dict) -> Dataset:
+    """One synthetic MR Image Storage instance; ``kind`` holds the series-specific attributes."""
+    sop = synthetic_uid(*sop_key)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    study_start = _dt.datetime(2026, 1, 15, 10, 30, 0)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study_start.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = study_start.strftime("%H%M%S")
+    ds.AcquisitionTime = ds.ContentTime = when.strftime("%H%M%S.%f")[:13]
+    ds.AccessionNumber = f"SIM{seed:06d}"
+    ds.Modality = "MR"
+    ds.Manufacturer = "PINN node simulator"
+    ds.ManufacturerModelName = "numerical phantom"
+    ds.SoftwareVersions = f"dicom-node {__version__}"
+    ds.InstitutionName = "Synthetic"
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = "Cardiac MR (synthetic)"
+    ds.PatientName = "Phantom^Cardiac"
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19800101"
+    ds.PatientSex = "O"
+    ds.PatientAge = "046Y"
+    ds.PatientWeight = 75.0
+    ds.BodyPartExamined = "HEART"
+    ds.ScanningSequence = "GR"
+    ds.SequenceVariant = ["SK", "SS"]
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "2D"
+    ds.SliceThickness = 8.0
+    ds.EchoTrainLength = 1
+    ds.MagneticFieldStrength = 1.5
+    ds.ImagingFrequency = 63.9
+    ds.ImagedNucleus = "1H"
+    ds.NumberOfAverages = 1
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = synthetic_uid("study", seed, patient_id)
+    ds.SeriesInstanceUID = synthetic_uid(kind.pop("series_key"), seed, patient_id, series_number)
+    ds.StudyID = "1"
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [_format(v) for v in ipp]
+    ds.ImageOrientationPatient = [_format(v) for v in (*row, *col)]
+    ds.FrameOfReferenceUID = synthetic_uid("frame", seed, patient_id)
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = _format(float(centre.dot(LONG_AXIS)))
+    for key, value in kind.items():
+        setattr(ds, key, value)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = [_format(dx), _format(dx)]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def _slice_position(s: int, n_slices: int, spacing: float, rows: int, cols: int, dx: float, row, col):
+    centre = HEART_CENTRE_MM + (s - (n_slices - 1) / 2) * spacing * LONG_AXIS
+    return centre, centre - (cols - 1) / 2 * dx * row - (rows - 1) / 2 * dx * col
+
+
 def write_t2_series(phantom: T2Phantom, out: Path, seed: int, pixel_scale: float = 1.0,
                     patient_id: str = "PHANTOM01", series_number: int = 401) -> list[Path]:
     """One MR Image Storage instance per slice and preparation time."""
     out.mkdir(parents=True, exist_ok=True)
-    study_uid = synthetic_uid("study", seed, patient_id)
-    series_uid = synthetic_uid("t2prep-series", seed, patient_id, series_number)
-    frame_uid = synthetic_uid("frame", seed, patient_id)
     row, col = sax_orientation()
     n_slices, n_echoes, rows, cols = phantom.images.shape
     dx = phantom.pixel_spacing_mm
@@ -48,80 +122,57 @@ def write_t2_series(phantom: T2Phantom, out: Path, seed: int, pixel_scale: float
     pixels = np.clip(np.rint(phantom.images * pixel_scale), 0, 65535).astype(np.uint16)
     paths = []
     for s in range(n_slices):
-        centre = HEART_CENTRE_MM + (s - (n_slices - 1) / 2) * phantom.slice_spacing_mm * LONG_AXIS
-        ipp = centre - (cols - 1) / 2 * dx * row - (rows - 1) / 2 * dx * col
+        centre, ipp = _slice_position(s, n_slices, phantom.slice_spacing_mm, rows, cols, dx, row, col)
         for e in range(n_echoes):
-            n = s * n_echoes + e + 1
-            sop = synthetic_uid("t2prep-instance", seed, patient_id, series_number, s, e)
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = sop
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-            meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = sop
-            ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = now.strftime("%Y%m%d")
-            ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
-            ds.AcquisitionTime = ds.ContentTime = (now + _dt.timedelta(seconds=12 * s + e)).strftime("%H%M%S")
-            ds.AccessionNumber = f"SIM{seed:06d}"
-            ds.Modality = "MR"
-            ds.Manufacturer = "PINN node simulator"
-            ds.ManufacturerModelName = "numerical phantom"
-            ds.SoftwareVersions = f"dicom-node {__version__}"
-            ds.InstitutionName = "Synthetic"
-            ds.ReferringPhysicianName = ""
-            ds.StudyDescription = "Cardiac MR (synthetic)"
-            ds.SeriesDescription = "T2prep SSFP multi-echo SAX (synthetic)"
-            ds.ProtocolName = "T2 map SAX"
-            ds.PatientName = "Phantom^T2"
-            ds.PatientID = patient_id
-            ds.PatientBirthDate = "19800101"
-            ds.PatientSex = "O"
-            ds.PatientAge = "046Y"
-            ds.PatientWeight = 75.0
-            ds.BodyPartExamined = "HEART"
-            ds.ScanningSequence = "GR"
-            ds.SequenceVariant = ["SK", "SS"]
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "2D"
-            ds.SequenceName = f"T2prep{_format(phantom.te_ms[e])}"
-            ds.SliceThickness = 8.0
-            ds.RepetitionTime = 3.2
-            ds.EchoTime = _format(phantom.te_ms[e])  # the T2-preparation duration
-            ds.EchoTrainLength = 1
-            ds.FlipAngle = 70.0
-            ds.MagneticFieldStrength = 1.5
-            ds.ImagingFrequency = 63.9
-            ds.ImagedNucleus = "1H"
-            ds.NumberOfAverages = 1
-            ds.PatientPosition = "HFS"
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.StudyID = "1"
-            ds.SeriesNumber = series_number
-            ds.AcquisitionNumber = e + 1
-            ds.InstanceNumber = n
-            ds.ImagePositionPatient = [_format(v) for v in ipp]
-            ds.ImageOrientationPatient = [_format(v) for v in (*row, *col)]
-            ds.FrameOfReferenceUID = frame_uid
-            ds.PositionReferenceIndicator = ""
-            ds.SliceLocation = _format(float(centre.dot(LONG_AXIS)))
-            ds.ImageComments = f"T2 preparation {_format(phantom.te_ms[e])} ms"
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = rows, cols
-            ds.PixelSpacing = [_format(dx), _format(dx)]
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 0
-            ds.PixelData = pixels[s, e].tobytes()
+            te = _format(phantom.te_ms[e])
+            ds = _instance(
+                seed=seed, patient_id=patient_id, series_number=series_number,
+                sop_key=("t2prep-instance", seed, patient_id, series_number, s, e),
+                when=now + _dt.timedelta(seconds=12 * s + e), ipp=ipp, row=row, col=col, centre=centre, dx=dx,
+                pixels=pixels[s, e], instance_number=s * n_echoes + e + 1,
+                kind={"series_key": "t2prep-series", "SeriesDescription": "T2prep SSFP multi-echo SAX (synthetic)",
+                      "ProtocolName": "T2 map SAX", "SequenceName": f"T2prep{te}", "RepetitionTime": 3.2,
+                      "EchoTime": te,  # the T2-preparation duration
+                      "FlipAngle": 70.0, "AcquisitionNumber": e + 1, "ImageComments": f"T2 preparation {te} ms"},
+            )
             path = out / f"IM_s{s + 1:02d}_e{e + 1:02d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
+
+
+def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixel_scale: float = 1000.0,
+                           patient_id: str = "PHANTOM01", series_number: int = 501) -> list[Path]:
+    """One instance per slice and dynamic; TriggerTime/AcquisitionTime/TemporalPositionIdentifier
+    carry the frame time, ImageComments the saturation-recovery delay ("saturation delay 100 ms";
+    InversionTime is reserved to IR sequences)."""
+    out.mkdir(parents=True, exist_ok=True)
+    row, col = sax_orientation()
+    n_slices, frames, rows, cols = phantom.images.shape
+    dx = phantom.pixel_spacing_mm
+    start = _dt.datetime(2026, 1, 15, 10, 45, 0)
+    pixels = np.clip(np.rint(phantom.images * pixel_scale), 0, 65535).astype(np.uint16)
+    paths = []
+    for s in range(n_slices):
+        centre, ipp = _slice_position(s, n_slices, phantom.slice_spacing_mm, rows, cols, dx, row, col)
+        for f in range(frames):
+            t_s = float(phantom.t_min[s, f] * 60.0)
+            ds = _instance(
+                seed=seed, patient_id=patient_id, series_number=series_number,
+                sop_key=("perfusion-instance", seed, patient_id, series_number, s, f),
+                when=start + _dt.timedelta(seconds=t_s), ipp=ipp, row=row, col=col, centre=centre, dx=dx,
+                pixels=pixels[s, f], instance_number=s * frames + f + 1,
+                kind={"series_key": "perfusion-series", "SeriesDescription": "First-pass perfusion SR-GRE (synthetic)",
+                      "ProtocolName": "Stress perfusion", "SequenceName": "SR_GRE", "RepetitionTime": 2.5,
+                      "EchoTime": 1.2, "FlipAngle": 12.0, "ScanOptions": "CG",
+                      "SequenceVariant": ["SK", "SS", "MP"],
+                      "ImageComments": f"saturation delay {_format(phantom.ts_ms)} ms",
+                      "TriggerTime": _format((t_s - float(phantom.t_min[0, f] * 60.0)) * 1000.0 + 300.0),
+                      "TemporalPositionIdentifier": f + 1,
+                      "NumberOfTemporalPositions": frames, "AcquisitionNumber": f + 1,
+                      "ContrastBolusAgent": "gadobutrol (simulated)"},
+            )
+            path = out / f"IM_s{s + 1:02d}_t{f + 1:03d}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
@@ -139,5 +190,21 @@ def simulate_t2(out: Path, seed: int = 0, snr: float = 40.0, te_ms: tuple[float,
     np.savez_compressed(
         out / "truth.npz", t2_ms=phantom.t2_ms.astype(np.float32), m0=phantom.m0.astype(np.float32),
         labels=phantom.labels, tissues=phantom.tissues, sigma=phantom.sigma, te_ms=phantom.te_ms, snr=snr, seed=seed,
+    )
+    return phantom
+
+
+def simulate_perfusion(out: Path, seed: int = 0, snr: float = 40.0, slices: int = 3, frames: int = 60,
+                       matrix: int = 128, ischaemia: bool = True) -> PerfusionPhantom:
+    """Write the perfusion phantom series and ``truth.npz`` (parameter maps, AIF, labels) to ``out``."""
+    anatomy = Anatomy(matrix=matrix, fov_mm=320.0 * matrix / 192)
+    phantom = perfusion_phantom(anatomy, n_slices=slices, frames=frames, snr=snr, seed=seed,
+                                ischaemia=(200.0, 90.0, 0.4) if ischaemia else None)
+    out.mkdir(parents=True, exist_ok=True)
+    write_perfusion_series(phantom, out, seed)
+    np.savez_compressed(
+        out / "truth.npz", fp=phantom.fp.astype(np.float32), vp=phantom.vp.astype(np.float32),
+        ve=phantom.ve.astype(np.float32), ps=phantom.ps.astype(np.float32), labels=phantom.labels,
+        aif_blood_mM=phantom.aif_blood_mM, t_min=phantom.t_min, ts_ms=phantom.ts_ms, sigma=phantom.sigma, seed=seed,
     )
     return phantom

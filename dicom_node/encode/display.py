@@ -57,6 +57,7 @@ class Picture:
 def _bullseye(ax, regions: Sequence[RegionResult], window: tuple[float, float], cmap) -> None:
     by_segment = {r.aha: r for r in regions if r.aha is not None}
     norm = matplotlib.colors.Normalize(*window)
+    digits = 0 if window[1] - window[0] >= 20 else 2  # T2 in ms: integers; MBF in ml/min/g: 2 decimals
     for ring, first, count in _RINGS:
         width = 360.0 / count
         offset = 90.0 - width / 2  # segment `first` centred on the top
@@ -68,14 +69,14 @@ def _bullseye(ax, regions: Sequence[RegionResult], window: tuple[float, float], 
             ax.add_patch(Wedge((0, 0), ring, start, start + width, width=1.0, facecolor=colour, edgecolor="black",
                                linewidth=0.8))
             angle = np.radians(start + width / 2)
-            text = f"{seg}\n{r.mean:.0f}±{r.bound:.1f}" if r else f"{seg}\n-"
+            text = f"{seg}\n{r.mean:.{digits}f}±{r.bound:.{digits + 1}f}" if r else f"{seg}\n-"
             ax.text((ring - 0.5) * np.cos(angle), (ring - 0.5) * np.sin(angle), text, ha="center", va="center",
                     fontsize=6.5)
     r17 = by_segment.get(17)
     ax.add_patch(plt.Circle((0, 0), 0.0 if r17 is None else 0.45, facecolor=cmap(norm(r17.mean)) if r17 else "none",
                             edgecolor="black", linewidth=0.8))
     if r17:
-        ax.text(0, 0, f"17\n{r17.mean:.0f}±{r17.bound:.1f}", ha="center", va="center", fontsize=6)
+        ax.text(0, 0, f"17\n{r17.mean:.{digits}f}±{r17.bound:.{digits + 1}f}", ha="center", va="center", fontsize=6)
     ax.set_xlim(-3.2, 3.2)
     ax.set_ylim(-3.2, 3.2)
     ax.set_aspect("equal")
@@ -110,8 +111,9 @@ def render(picture: Picture, table: bool = True) -> plt.Figure:
     if table:
         ax = fig.add_subplot(grid[1, :])
         ax.axis("off")
-        rows = [["LV myocardium" if r.aha is None else f"{r.aha}", f"{r.mean:.1f}", f"{r.sd:.1f}",
-                 f"±{r.bound:.2f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
+        d = 1 if picture.window[1] - picture.window[0] >= 20 else 2
+        rows = [["LV myocardium" if r.aha is None else f"{r.aha}", f"{r.mean:.{d}f}", f"{r.sd:.{d}f}",
+                 f"±{r.bound:.{d + 1}f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
         header = ["segment", f"mean ({picture.unit})", f"SD ({picture.unit})",
                   f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
         t = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")

@@ -100,6 +100,29 @@ def mbf_map_spec() -> MapSpec:
                    derivation=PERFUSION_ANALYSIS)
 
 
+FRACTION = Code("1", "UCUM", "no units")
+FLOW_PER_ML = Code("ml/min/ml", "UCUM", "milliliter per minute per milliliter")
+VP_CODE = Code("126331", "DCM", "vp")
+VE_CODE = Code("126314", "DCM", "ve")
+# no standard concept exists for the permeability-surface area product; a local code says it
+PS_CODE = Code("PS", "99PINN", "Permeability-surface area product")
+
+
+def kinetic_map_spec(name: str) -> MapSpec:
+    """vp, ve (fractions) and PS (ml/min/ml) of the two-compartment exchange model."""
+    specs = {
+        # window width >= 1 (PS3.3 C.11.2.1.2 for a LINEAR VOI function): the whole 0-1 range
+        "vp": (VP_CODE, FRACTION, "plasma volume fraction vp; 0 = no estimate", (0.5, 1.0), (0.0, 1.0)),
+        "ve": (VE_CODE, FRACTION, "interstitial volume fraction ve; 0 = no estimate", (0.5, 1.0), (0.0, 1.0)),
+        "ps": (PS_CODE, FLOW_PER_ML, "PS permeability-surface area (ml/min/ml); 0 = no estimate",
+               (1.0, 2.0), (0.0, 20.0)),
+    }
+    quantity, unit, explanation, window, value_range = specs[name]
+    upper = name.upper()
+    return MapSpec(name, quantity, unit, upper, explanation, f"{upper}_MAP", f"{name} map, 2CXM (PINN node)",
+                   f"{upper}_MAP", window, value_range, derivation=PERFUSION_ANALYSIS)
+
+
 def encode_parametric_map(
     source_images: Sequence[Dataset],
     values: np.ndarray,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import highdicom as hd
+from highdicom.sr.value_types import ContentSequence
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -41,6 +42,8 @@ class RegionResult:
     area_mm2: float
     frames: tuple[int, ...]  # 1-based frames of the value map holding the region
     flags: tuple[str, ...] = ()
+    # further quantities of the same region: (quantity code, unit code, value, +/- bound)
+    others: tuple[tuple[Code, Code, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
     mean[0].ContentSequence.append(bound)
     spread = hd.sr.Measurement(name=ctx.quantity, value=region.sd, unit=ctx.unit,
                                derivation=codes.SCT.StandardDeviation, referenced_images=source_pm)
+    others = []
+    for quantity, unit, value, plus_minus in region.others:
+        item = hd.sr.Measurement(name=quantity, value=value, unit=unit)
+        if "ContentSequence" not in item[0]:
+            item[0].ContentSequence = ContentSequence()
+        item[0].ContentSequence.append(hd.sr.NumContentItem(
+            name=UNCERTAINTY, value=plus_minus, unit=unit, relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+        others.append(item)
     count = hd.sr.Measurement(name=PIXEL_COUNT, value=region.n_pixels, unit=PIXELS)
     area = hd.sr.Measurement(name=AREA, value=region.area_mm2, unit=MM2)
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -86,7 +97,7 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
         finding_category=codes.SCT.AnatomicalStructure,
         finding_sites=[hd.sr.FindingSite(HEART)],
         algorithm_id=algo,
-        measurements=[mean, spread, count, area],
+        measurements=[mean, spread, *others, count, area],
     )
     for flag in region.flags:
         group[0].ContentSequence.append(

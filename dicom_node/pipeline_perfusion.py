@@ -1,0 +1,186 @@
+"""The perfusion job: dynamics -> motion correction -> segmentation -> AIF, 2CXM fit -> AHA -> objects.
+
+Used by the node's job worker and by ``dicom-node process``. Steps are timed and logged;
+a series the engine cannot process raises SeriesError with the reason (the job records it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from dicom_node import __version__, render_worker
+from dicom_node.encode.common import Algorithm
+from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
+from dicom_node.encode.parametric_map import (
+    FLOW_PER_ML,
+    FRACTION,
+    MBF_CODE,
+    MBF_UNIT,
+    PS_CODE,
+    VE_CODE,
+    VP_CODE,
+    encode_parametric_map,
+    kinetic_map_spec,
+    mbf_map_spec,
+)
+from dicom_node.encode.report import RegionResult, ReportContext, encode_report
+from dicom_node.encode.segmentation import encode_segmentation
+from dicom_node.logs import log_event
+from dicom_node.pipeline_t2 import T2Outcome as Outcome
+from dicom_node.series_io import PerfusionSeries, SeriesError
+from pinn_engine.aha import assign_aha
+from pinn_engine.perfusion.quantify import PerfusionSettings, quantify
+from pinn_engine.perfusion.registration import register_dynamics
+
+LOG = logging.getLogger("dicom_node.pipeline")
+SERIES_NUMBERS = {"mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206, "sc": 9207, "pdf": 9208}
+Z95 = 1.959964  # the reported +/- is the 95 % interval of the fit (delta method)
+
+
+def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    r, c = np.nonzero(labels > 0)
+    h, w = labels.shape
+    return max(int(r.min()) - margin, 0), min(int(r.max()) + margin + 1, h), max(int(c.min()) - margin, 0), min(
+        int(c.max()) + margin + 1, w)
+
+
+def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = PerfusionSettings(), segmenter=None,
+                      progress: Callable[[str], None] | None = None) -> Outcome:
+    timings: dict[str, float] = {}
+    step = progress or (lambda name: None)
+
+    def timed(name: str, fn, *args, **kwargs):
+        step(name)
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log_event(LOG, "pipeline.step", step=name, seconds=timings[name],
+                  series_uid=str(series.sources[0].SeriesInstanceUID))
+        return out
+
+    if segmenter is None:
+        from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
+
+        segmenter = timed("load_model", Segmenter)
+    images = series.images
+    spacing = series.pixel_spacing_mm
+
+    def segment(stack: np.ndarray):
+        # the temporal maximum shows blood pools and myocardium at their brightest
+        return segmenter(stack.max(1)[:, None], spacing)
+
+    first = timed("segment", segment, images)
+    if not (first.labels == 2).any():
+        raise SeriesError("no myocardium found in any slice: nothing to quantify")
+
+    def register() -> tuple[np.ndarray, float]:
+        out, worst = np.empty_like(images), 0.0
+        for k in range(images.shape[0]):
+            if not (first.labels[k] > 0).any():
+                out[k] = images[k]
+                continue
+            out[k], params = register_dynamics(images[k], spacing, roi=_heart_roi(first.labels[k], 15))
+            worst = max(worst, float(np.abs(params[:, 1:]).max()))
+        return out, worst
+
+    registered, worst_shift = timed("register", register)
+    seg = timed("segment_registered", segment, registered)
+    labels = seg.labels
+    aha = timed("aha", assign_aha, labels, series.geometry)
+    try:
+        result = timed("fit", quantify, registered, series.t_min, labels, aha.labels, settings,
+                       series.saturation_delay_ms)
+    except ValueError as exc:
+        raise SeriesError(str(exc)) from exc
+    if not result.segments:
+        raise SeriesError("no AHA segment could be measured (no insertion points)")
+
+    myo = labels == 2
+    px_area = spacing[0] * spacing[1]
+    flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
+    flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl] + list(result.flags)
+    if worst_shift > 10.0:
+        flags.append(f"motion correction moved a frame by {worst_shift:.1f} mm: check registration")
+    regions, summary_segments = [], []
+    mbf = result.maps["mbf"]
+    for number in [None, *sorted(result.segments)]:
+        mask = (myo & np.isfinite(mbf)) if number is None else (aha.labels == number) & np.isfinite(mbf)
+        values = mbf[mask]
+        frames = tuple(int(k) + 1 for k in np.nonzero(mask.any(axis=(1, 2)))[0])
+        if number is None:
+            mean, sd_fit = float(np.mean(values)), float(np.std(values) / max(np.sqrt(values.size), 1))
+            others = ()
+            entry = None
+        else:
+            e = result.segments[number]
+            mean, sd_fit = e["mbf"], e["mbf_sd"]
+            others = ((VP_CODE, FRACTION, e["vp"], Z95 * e["vp_sd"]), (VE_CODE, FRACTION, e["ve"], Z95 * e["ve_sd"]),
+                      (PS_CODE, FLOW_PER_ML, e["ps"], Z95 * e["ps_sd"]))
+            entry = {"aha": number, "mbf_ml_min_g": round(mean, 4), "mbf_bound_ml_min_g": round(Z95 * sd_fit, 4),
+                     **{k: round(e[k], 4) for k in ("fp", "vp", "ve", "ps", "fp_sd", "vp_sd", "ve_sd", "ps_sd")},
+                     "n_pixels": e["n_pixels"]}
+            summary_segments.append(entry)
+        regions.append(RegionResult(number, mean, float(np.std(values)), Z95 * sd_fit, int(values.size),
+                                    values.size * px_area, frames, tuple(flags) if number is None else (), others))
+    global_entry = {"mbf_ml_min_g": round(regions[0].mean, 4), "mbf_sd_ml_min_g": round(regions[0].sd, 4),
+                    "n_pixels": regions[0].n_pixels}
+
+    params = {"method": settings.method, "model": settings.model, "hct": settings.hct,
+              "density_g_ml": settings.density_g_ml, "t1_blood_ms": settings.t1_blood_ms,
+              "t1_myocardium_ms": settings.t1_myocardium_ms, "relaxivity": settings.relaxivity,
+              "saturation_delay_ms": series.saturation_delay_ms or settings.saturation_delay_ms,
+              "baseline_frames": result.baseline_frames, "aif_slice": result.aif_slice + 1,
+              "aha_convention": aha.convention, "bound": "95% interval of the fit"}
+    algorithm = Algorithm("pinn-node-perfusion", __version__, {"method": settings.method, "model": settings.model,
+                                                               "hct": settings.hct})
+    sources = series.sources
+    objects: dict[str, Dataset] = {}
+    heart = ndimage.binary_dilation(labels > 0, iterations=2)
+    picture = Picture(registered.max(1), np.nan_to_num(mbf), myo & np.isfinite(mbf) & heart, "MBF", "ml/min/g",
+                      (0.0, 4.0), regions, f"pinn-node-perfusion {__version__} ({settings.method}, 2CXM "
+                      f"{settings.model}); bound 95% of the fit; Hct {settings.hct:g}", 0.95)
+    step("display")
+    drawn = render_worker.submit(draw, picture)
+
+    def encode() -> None:
+        objects["mbf"] = encode_parametric_map(sources, np.nan_to_num(mbf), mbf_map_spec(), algorithm,
+                                               SERIES_NUMBERS["mbf"])
+        for name in ("vp", "ve", "ps"):
+            objects[name] = encode_parametric_map(sources, np.nan_to_num(result.maps[name]), kinetic_map_spec(name),
+                                                  algorithm, SERIES_NUMBERS[name])
+        objects["seg"], tracking = encode_segmentation(sources, labels, aha.labels, algorithm, SERIES_NUMBERS["seg"])
+        ctx = ReportContext(MBF_CODE, MBF_UNIT, 0.95, params)
+        objects["sr"] = encode_report(sources, objects["seg"], tracking, objects["mbf"], regions, ctx, algorithm,
+                                      SERIES_NUMBERS["sr"])
+
+    timed("encode", encode)
+
+    def display() -> dict[str, bytes]:
+        rgb, png, seconds = drawn()
+        timings["display_draw"] = round(seconds, 3)
+        objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "MBF", SERIES_NUMBERS["sc"])
+        objects["pdf"] = encode_pdf(raster_pdf(rgb), sources[0], algorithm, "MBF", SERIES_NUMBERS["pdf"],
+                                    "Myocardial perfusion report (research use)")
+        return {"mbf_display.png": png}
+
+    pictures = timed("display", display)
+    summary = {
+        "kind": "perfusion",
+        "segments": summary_segments,
+        "global": global_entry,
+        "method": settings.method,
+        "model": settings.model,
+        "parameters": params,
+        "aif_plasma_mM": [round(float(v), 4) for v in result.aif_plasma_mM],
+        "flags": flags,
+        "timings_s": timings,
+        "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}
+                    for k, v in objects.items()},
+    }
+    return Outcome(objects, summary, pictures)

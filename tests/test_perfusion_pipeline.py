@@ -1,0 +1,70 @@
+"""Perfusion series -> motion correction, segmentation, AIF, 2CXM -> per-segment MBF and DICOM objects."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from dicom_node.series_io import SeriesError, load_perfusion_series
+from dicom_node.simulate import simulate_perfusion
+from pinn_engine.aha import assign_aha
+
+HEALTHY_MBF = 1.2 / (1 - 0.45) / 1.05  # the phantom's Fp 1.2 ml/min/ml as ml/min/g
+
+
+@pytest.fixture(scope="module")
+def perfusion(tmp_path_factory):
+    from dicom_node.pipeline_perfusion import process_perfusion
+
+    out = tmp_path_factory.mktemp("perfusion")
+    phantom = simulate_perfusion(out / "series", seed=4, matrix=96, frames=50)
+    series = load_perfusion_series(sorted((out / "series").glob("*.dcm")))
+    return phantom, series, process_perfusion(series), out
+
+
+@pytest.mark.slow
+def test_segment_mbf_matches_the_phantom(perfusion):
+    phantom, series, outcome, _ = perfusion
+    truth_aha = assign_aha(phantom.labels, series.geometry).labels
+    mbf_truth = phantom.fp / (1 - 0.45) / 1.05
+    checked = 0
+    for entry in outcome.summary["segments"]:
+        sel = truth_aha == entry["aha"]
+        if not sel.any():
+            continue
+        values = mbf_truth[sel]
+        if np.all(np.isclose(values, HEALTHY_MBF)):  # segments entirely outside the ischaemic sector
+            assert entry["mbf_ml_min_g"] == pytest.approx(HEALTHY_MBF, rel=0.10), entry
+            checked += 1
+    assert checked >= 6
+    mbf = [e["mbf_ml_min_g"] for e in outcome.summary["segments"]]
+    assert min(mbf) < 0.65 * max(mbf)  # the ischaemic sector (40 % flow) shows
+    assert all(e["mbf_bound_ml_min_g"] > 0 and e["ps_sd"] > 0 for e in outcome.summary["segments"])
+
+
+@pytest.mark.slow
+def test_perfusion_objects_are_valid_dicom(perfusion):
+    _, series, outcome, out = perfusion
+    assert set(outcome.objects) == {"mbf", "vp", "ve", "ps", "seg", "sr", "sc", "pdf"}
+    study = series.sources[0].StudyInstanceUID
+    assert all(ds.StudyInstanceUID == study for ds in outcome.objects.values())
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy (dicom3tools) is needed; scripts/bootstrap.sh installs it")
+    for name in ("mbf", "vp", "seg", "sr", "sc", "pdf"):
+        path = out / f"{name}.dcm"
+        outcome.objects[name].save_as(path, enforce_file_format=True)
+        report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert not errors, (name, errors)
+
+
+def test_inconsistent_perfusion_series_is_refused(tmp_path):
+    simulate_perfusion(tmp_path / "s", seed=1, matrix=48, frames=12, slices=2)
+    files = sorted((tmp_path / "s").glob("*.dcm"))
+    with pytest.raises(SeriesError, match="different numbers of dynamics"):
+        load_perfusion_series(files[:-1])
+    with pytest.raises(SeriesError, match=">= 10 dynamics"):
+        load_perfusion_series([f for f in files if int(f.stem.split("_t")[1]) <= 8])
