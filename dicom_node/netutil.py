@@ -26,3 +26,21 @@ def _set_nodelay(event: evt.Event) -> None:
 
 
 NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _set_nodelay)]
+
+
+def stall_guard(timeout_s: float):
+    """EVT_CONN_OPEN handler: a peer that stops in the middle of a PDU is dropped after ``timeout_s``.
+
+    pynetdicom reads a PDU once select() reports data, then blocks until all of it has
+    arrived; accepted sockets have no timeout of their own, so a peer that sends a partial
+    PDU and waits would hold its association slot for ever.
+    """
+    def handler(event: evt.Event) -> None:
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            try:
+                sock.settimeout(timeout_s)
+            except OSError:
+                pass
+
+    return handler

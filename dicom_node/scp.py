@@ -31,7 +31,7 @@ from dicom_node.filemeta import encode_file_meta
 from dicom_node.instance import STATUS_INVALID_UID, InvalidInstance, is_valid_uid, parse_instance
 from dicom_node.audit import AuditLog
 from dicom_node.logs import log_event
-from dicom_node.netutil import NODELAY_HANDLERS
+from dicom_node.netutil import NODELAY_HANDLERS, stall_guard
 from dicom_node.store import InstanceStore, StorageUnavailable
 
 LOG = logging.getLogger("dicom_node.scp")
@@ -121,6 +121,7 @@ class NodeSCP:
     def handlers(self) -> list[tuple]:
         return [
             *NODELAY_HANDLERS,
+            (evt.EVT_CONN_OPEN, stall_guard(self.config.node.network_timeout_s)),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_FIND, self.handle_find),

@@ -79,8 +79,15 @@ class UniqueStoreSCP(StoreSCPProcess):
         return self
 
     def deliveries(self) -> Counter:
-        return Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-                       for p in self.dir.iterdir() if p.is_file())
+        """SOP Instance UID -> number of times received (files still being written are skipped)."""
+        found = Counter()
+        for p in self.dir.iterdir():
+            if p.is_file():
+                try:
+                    found[str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)] += 1
+                except Exception:  # noqa: BLE001  (storescp is still writing it)
+                    continue
+        return found
 
 
 class Rig:
@@ -195,7 +202,13 @@ class Rig:
         try:
             self.push(node, self.series, log).wait(60)
             acked = acknowledged_files(log.read_text())
-            if not wait_for(lambda: node.events(event), timeout=120, interval=0.02):
+            if event == "first delivery":
+                def arrived() -> bool:
+                    return any(uid not in self.t2_uids for uid in dest.deliveries())
+                happened = wait_for(arrived, timeout=120, interval=0.005)
+            else:
+                happened = wait_for(lambda: node.events(event), timeout=120, interval=0.02)
+            if not happened:
                 outcome.problems.append(f"no {event} before the kill")
             time.sleep(delay)
             node.kill9()
@@ -213,8 +226,11 @@ class Rig:
         return self._kill_during("processing", "job.start", (0.0, 3.0), rng)
 
     def trial_sending(self, rng: random.Random) -> Outcome:
-        """kill -9 while the derived objects are stored and sent to the destination."""
-        return self._kill_during("sending", "t2.processed", (0.0, 0.3), rng)
+        """kill -9 while the derived objects are sent: half the trials just before the first
+        delivery, half just after it (the send of 6 objects lasts ~0.1 s)."""
+        if rng.random() < 0.5:
+            return self._kill_during("sending", "t2.processed", (0.0, 0.05), rng)
+        return self._kill_during("sending", "first delivery", (0.0, 0.05), rng)
 
 
 def outage(root: Path, outage_s: float, max_attempts: int = 8, backoff_s: float = 1.0) -> dict:
