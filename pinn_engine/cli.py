@@ -46,7 +46,7 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
     from pinn_engine.segmentation.train import train  # noqa: PLC0415
 
     train(Path(args.out), seed=args.seed, samples=args.samples, minutes=args.minutes, batch=args.batch,
-          steps=args.steps, workers=args.workers, device=args.device)
+          steps=args.steps, workers=args.workers, device=args.device, generator=args.generator)
     return 0
 
 
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--steps", type=int, help="fixed number of steps (reproducible); default: until --minutes")
     t.add_argument("--workers", type=int, default=2, help="processes generating the synthetic data")
+    t.add_argument("--generator", type=int, default=2, choices=(1, 2),
+                   help="synthetic-data generator version (1: seg_v1's; 2: crescent RV, trabeculae, dark distractors)")
     t.add_argument("--device", help="torch device (default: a GPU when present, else the CPU)")
     t.set_defaults(func=_cmd_train_seg)
     return p

@@ -29,9 +29,13 @@ class Sample:
     kind: str  # full | crop
 
 
-def random_anatomy(rng: np.random.Generator, matrix: int, fov: float) -> Anatomy:
+GENERATOR = 2  # 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors
+
+
+def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: int = GENERATOR) -> Anatomy:
+    # the draws happen in this order for every version: a version adds draws, never reorders
     dilated = rng.random() < 0.12
-    return Anatomy(
+    a = dict(
         matrix=matrix,
         fov_mm=fov,
         heart_offset_mm=(float(rng.uniform(-10, 55)), float(rng.uniform(-45, 20))),
@@ -44,11 +48,16 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float) -> Anatomy
         rv_extent_mm=float(rng.uniform(20, 50)),
         rv_angle_deg=float(rng.uniform(140, 200)),
         rv_wall_mm=float(rng.uniform(2.0, 5.0)),
-        rv_model="crescent" if rng.random() < 0.75 else "ellipse",
-        rv_span_deg=float(rng.uniform(110, 190)),
-        rv_depth_mm=float(rng.uniform(18, 50)),
-        rv_skew=float(rng.uniform(-0.2, 0.6)),
-        rv_tip_power=float(rng.uniform(0.3, 1.2)),
+    )
+    if version >= 2:
+        a.update(
+            rv_model="crescent" if rng.random() < 0.75 else "ellipse",
+            rv_span_deg=float(rng.uniform(110, 190)),
+            rv_depth_mm=float(rng.uniform(18, 50)),
+            rv_skew=float(rng.uniform(-0.2, 0.6)),
+            rv_tip_power=float(rng.uniform(0.3, 1.2)),
+        )
+    a.update(
         papillary_radius_mm=float(rng.uniform(0, 6)),
         pericardial_fat_mm=float(rng.uniform(0, 6)),
         body_semi_axes_mm=(float(rng.uniform(130, 190)), float(rng.uniform(90, 140))),
@@ -56,6 +65,7 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float) -> Anatomy
         oedema_sector_deg=(float(rng.uniform(0, 360)), float(rng.uniform(30, 120))) if rng.random() < 0.4 else None,
         apex_scale=float(rng.uniform(0.4, 0.7)),
     )
+    return Anatomy(**a)
 
 
 # tissue -> (M0 range, T2 range ms)
@@ -104,10 +114,11 @@ def _kspace_truncate(img, keep):
     return np.fft.ifft2(np.fft.ifftshift(f * m))
 
 
-def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray, np.ndarray, float]:
+def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENERATOR
+               ) -> tuple[np.ndarray, np.ndarray, float]:
     """One synthetic slice at its native grid: (channels (3, H, W), labels, pixel size mm)."""
     fov = float(rng.uniform(280, 400))
-    anatomy = random_anatomy(rng, matrix, fov)
+    anatomy = random_anatomy(rng, matrix, fov, version)
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
@@ -126,10 +137,13 @@ def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray,
         m0[blood] *= rng.uniform(0.02, 0.12)
         slow = blood & _blobs(rng, m0.shape, int(rng.integers(0, 6)), (2, 6))  # slow-flow signal
         m0[slow] = rng.uniform(0.3, 1.0)
-        # trabeculae and slow flow along the endocardium: grey, irregular, labelled blood pool
-        rim = ndimage.binary_dilation(labels == 2, iterations=int(rng.integers(1, 4))) & blood
-        trab = rim & (ndimage.gaussian_filter(rng.random(m0.shape), 0.8) > rng.uniform(0.45, 0.55))
-        m0[trab] = rng.uniform(0.3, 0.9)
+        if version >= 2:  # trabeculae and slow flow along the endocardium: grey, irregular, labelled blood pool
+            rim = ndimage.binary_dilation(labels == 2, iterations=int(rng.integers(1, 4))) & blood
+            trab = rim & (ndimage.gaussian_filter(rng.random(m0.shape), 0.8) > rng.uniform(0.45, 0.55))
+            m0[trab] = rng.uniform(0.3, 0.9)
+        else:
+            trab = blood & (ndimage.binary_dilation(labels == 2, iterations=2)) & (rng.random(m0.shape) < 0.3)
+            m0[trab] = rng.uniform(0.4, 0.9)
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
@@ -139,11 +153,16 @@ def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray,
         m0[(tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)] *= rng.uniform(0.05, 0.3)
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
-    outside_heart = body & ~ndimage.binary_dilation(labels > 0, iterations=int(rng.integers(1, 4)))
-    distract = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
-    m0[distract] = rng.uniform(0.8, 2.0)
-    dark = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 3)), (4, 15))  # bowel gas, vessels
-    m0[dark] *= rng.uniform(0.02, 0.3)
+    if version >= 2:
+        outside_heart = body & ~ndimage.binary_dilation(labels > 0, iterations=int(rng.integers(1, 4)))
+        distract = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
+        m0[distract] = rng.uniform(0.8, 2.0)
+        dark = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 3)), (4, 15))  # bowel gas, vessels
+        m0[dark] *= rng.uniform(0.02, 0.3)
+    else:
+        distract = body & ~ndimage.binary_dilation(labels > 0, iterations=3) & _blobs(
+            rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
+        m0[distract] = rng.uniform(0.8, 2.0)
 
     if contrast.startswith("t2prep"):
         te = np.array([0.0, rng.uniform(20, 35), rng.uniform(40, 65)])
@@ -170,10 +189,10 @@ def make_slice(rng: np.random.Generator, matrix: int = 192) -> tuple[np.ndarray,
     return stack, labels, anatomy.pixel_mm
 
 
-def make_sample(rng: np.random.Generator) -> Sample:
+def make_sample(rng: np.random.Generator, version: int = GENERATOR) -> Sample:
     """A training sample: a synthetic slice, whole or cropped around the heart, on the network grid."""
     matrix = 192
-    stack, labels, pixel_mm = make_slice(rng, matrix)
+    stack, labels, pixel_mm = make_slice(rng, matrix, version)
     # full field of view or a crop around the heart, resampled to GRID
     heart = labels > 0
     if rng.random() < 0.5 and heart.any():
@@ -215,11 +234,11 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return np.clip(image / max(p, 1e-6), 0, 3)
 
 
-def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_dataset(n: int, seed: int, version: int = GENERATOR) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = np.empty((n, 3, GRID, GRID), np.float16)
     labels = np.empty((n, GRID, GRID), np.uint8)
     for i in range(n):
-        s = make_sample(rng)
+        s = make_sample(rng, version)
         images[i], labels[i] = s.image, s.labels
     return images, labels

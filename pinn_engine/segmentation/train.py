@@ -19,21 +19,21 @@ from torch.nn import functional as F
 
 from pinn_engine.device import default_device
 from pinn_engine.segmentation.network import N_CLASSES, UNet, count_parameters
-from pinn_engine.segmentation.synth import make_dataset
+from pinn_engine.segmentation.synth import GENERATOR, make_dataset
 
 CLASS_WEIGHTS = (0.5, 1.0, 1.5, 1.0)
 
 
-def _dataset_part(args: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    n, seed = args
-    return make_dataset(n, seed)
+def _dataset_part(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    n, seed, version = args
+    return make_dataset(n, seed, version)
 
 
 PART = 250  # samples per generator part; parts, not workers, fix the data
 
 
-def generate(n: int, seed: int, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    parts = [(min(PART, n - start), seed * 1000 + i) for i, start in enumerate(range(0, n, PART))]
+def generate(n: int, seed: int, workers: int = 2, version: int = GENERATOR) -> tuple[np.ndarray, np.ndarray]:
+    parts = [(min(PART, n - start), seed * 1000 + i, version) for i, start in enumerate(range(0, n, PART))]
     with mp.get_context("spawn").Pool(workers) as pool:
         chunks = pool.map(_dataset_part, parts)
     return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
@@ -82,7 +82,7 @@ def predict(model: nn.Module, images: np.ndarray, batch: int = 32) -> np.ndarray
 
 def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0, batch: int = 16,
           validation: int = 200, lr: float = 2e-3, steps: int | None = None, workers: int = 2,
-          device: str | None = None, log=print) -> dict:
+          device: str | None = None, generator: int = GENERATOR, log=None) -> dict:
     """Generate data, train, save fp16 weights + metadata to ``out``.
 
     With ``steps`` the run is reproducible from the seed (same data, batches and
@@ -91,12 +91,13 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
     Data and batch order depend only on the seed (not on ``workers``' count per part:
     the parts are fixed); a GPU, when present, only changes floating-point rounding.
     """
+    log = log or (lambda message: print(message, flush=True))
     t_start = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     log(f"generating {samples} training + {validation} validation samples (seed {seed})")
-    x_train, y_train = generate(samples, seed, workers)
-    x_val, y_val = generate(validation, seed + 10_000, workers)
+    x_train, y_train = generate(samples, seed, workers, generator)
+    x_val, y_val = generate(validation, seed + 10_000, workers, generator)
     t_gen = time.time() - t_start
     log(f"  {t_gen:.0f} s")
     dev = torch.device(device) if device else default_device()
@@ -149,7 +150,7 @@ def train(out: Path, seed: int = 0, samples: int = 6000, minutes: float = 100.0,
         "seed": seed, "samples": samples, "validation_samples": validation, "batch": batch, "lr": lr,
         "steps": step, "epochs": epoch, "train_minutes": round((time.time() - t_start) / 60, 1),
         "parameters": count_parameters(model), "synthetic_validation_dice": metrics, "torch": str(torch.__version__),
-        "device": str(dev),
+        "device": str(dev), "generator": generator,
     }
     torch.save({"state_dict": state, "meta": meta}, out)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
