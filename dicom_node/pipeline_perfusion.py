@@ -105,6 +105,11 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     px_area = spacing[0] * spacing[1]
     flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
     flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl] + list(result.flags)
+    mbf = result.maps["mbf"]
+    finite = mbf[myo & np.isfinite(mbf)]
+    if finite.size and float(np.median(finite)) > 6.0:
+        flags.append(f"median MBF {float(np.median(finite)):.1f} ml/min/g is implausibly high (AIF saturation or "
+                     "timing?): do not use without review")
     if worst_shift > 10.0:
         flags.append(f"motion correction moved a frame by {worst_shift:.1f} mm: check registration")
     regions, summary_segments = [], []

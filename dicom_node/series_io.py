@@ -90,6 +90,7 @@ class PerfusionSeries:
     geometry: list[SliceGeometry]
     pixel_spacing_mm: tuple[float, float]
     saturation_delay_ms: float | None  # from the headers when they carry it
+    time_source: str = "acquisition time"  # where the frame times came from
 
 
 _TS_RE = re.compile(r"(?:saturation delay|sr delay|\bTS)\D{0,4}(\d+(?:\.\d+)?)\s*ms", re.IGNORECASE)
@@ -111,23 +112,50 @@ def frame_time_s(ds: Dataset) -> float | None:
 
 
 def saturation_delay_ms(ds: Dataset) -> float | None:
+    """The saturation-recovery delay: text fields, else InversionTime (where e.g. GE puts it)."""
     for kw in ("ImageComments", "SequenceName", "ProtocolName"):
         m = _TS_RE.search(str(ds.get(kw, "")))
         if m:
             return float(m.group(1))
-    return None
+    ti = ds.get("InversionTime")
+    try:
+        return float(ti) if ti not in (None, "") and float(ti) > 0 else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _frame_times_s(group: list[Dataset]) -> tuple[np.ndarray, str]:
+    """Times (s) of one slice's dynamics, already in acquisition order, and where they came from.
+
+    The acquisition clock is used when it resolves every frame; vendors that stamp all frames
+    with the same second instead count TriggerTime from the first R wave across the series
+    (GE); failing both, the frames are spaced by the R-R interval (nominal or 1 s).
+    """
+    clock = [frame_time_s(ds) for ds in group]
+    if all(c is not None for c in clock) and np.all(np.diff(clock) > 0.05):
+        return np.asarray(clock, dtype=float), "acquisition time"
+    trigger = [ds.get("TriggerTime") for ds in group]
+    try:
+        tt = np.asarray([float(v) for v in trigger]) / 1000.0
+        if np.all(np.diff(tt) > 0.05) and tt[-1] - tt[0] > 0.3 * len(group):
+            return tt, "trigger time (cumulative)"
+    except (TypeError, ValueError):
+        pass
+    rr = group[0].get("NominalInterval") or (60000.0 / float(group[0].HeartRate) if group[0].get("HeartRate") else 1000.0)
+    return np.arange(len(group)) * float(rr) / 1000.0, "R-R interval (no usable time stamps)"
 
 
 def load_perfusion_series(paths: Sequence[Path]) -> PerfusionSeries:
-    """Dynamics per slice position, ordered by acquisition time (temporal position as the tie-break)."""
+    """Dynamics per slice position, in acquisition order (temporal position, instance number,
+    acquisition time); each slice keeps its own frame times."""
     datasets = _read_consistent(paths)
     first = datasets[0]
-    by_pos: dict[float, list[tuple[float, int, Dataset]]] = defaultdict(list)
+    by_pos: dict[float, list[Dataset]] = defaultdict(list)
     for ds in datasets:
-        pos, t = slice_key(ds), frame_time_s(ds)
-        if pos is None or t is None:
-            raise SeriesError(f"instance {ds.SOPInstanceUID} has no geometry or acquisition time")
-        by_pos[pos].append((t, int(ds.get("TemporalPositionIdentifier", 0) or 0), ds))
+        pos = slice_key(ds)
+        if pos is None:
+            raise SeriesError(f"instance {ds.SOPInstanceUID} has no geometry")
+        by_pos[pos].append(ds)
     counts = {len(v) for v in by_pos.values()}
     if len(counts) != 1:
         raise SeriesError(f"slice positions have different numbers of dynamics: {sorted(counts)}")
@@ -135,16 +163,20 @@ def load_perfusion_series(paths: Sequence[Path]) -> PerfusionSeries:
     if frames < 10:
         raise SeriesError(f"need >= 10 dynamics per slice, got {frames}")
     positions = sorted(by_pos)
-    ordered = [sorted(by_pos[p], key=lambda x: (x[0], x[1])) for p in positions]
-    t0 = min(o[0][0] for o in ordered)
-    t_min = np.array([[(t - t0) / 60.0 for t, _, _ in o] for o in ordered])
-    if np.any(np.diff(t_min, axis=1) <= 0):
-        raise SeriesError("two dynamics of a slice share an acquisition time")
-    images = np.stack([np.stack([_pixels(ds) for _, _, ds in o]) for o in ordered])
-    sources = [o[0][2] for o in ordered]
-    return PerfusionSeries(images, t_min, sources, [ds for o in ordered for _, _, ds in o], _geometry(sources),
+
+    def order(ds: Dataset) -> tuple:
+        return (int(ds.get("TemporalPositionIdentifier", 0) or 0), int(ds.get("InstanceNumber", 0) or 0),
+                frame_time_s(ds) or 0.0)
+
+    ordered = [sorted(by_pos[p], key=order) for p in positions]
+    timed = [_frame_times_s(o) for o in ordered]
+    t0 = min(t[0][0] for t in timed)
+    t_min = np.array([(t - t0) / 60.0 for t, _ in timed])
+    images = np.stack([np.stack([_pixels(ds) for ds in o]) for o in ordered])
+    sources = [o[0] for o in ordered]
+    return PerfusionSeries(images, t_min, sources, [ds for o in ordered for ds in o], _geometry(sources),
                            (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
-                           saturation_delay_ms(first))
+                           saturation_delay_ms(first), timed[0][1])
 
 
 def _pixels(ds: Dataset) -> np.ndarray:

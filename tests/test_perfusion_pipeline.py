@@ -43,6 +43,17 @@ def test_segment_mbf_matches_the_phantom(perfusion):
     mbf = [e["mbf_ml_min_g"] for e in outcome.summary["segments"]]
     assert min(mbf) < 0.65 * max(mbf)  # the ischaemic sector (40 % flow) shows
     assert all(e["mbf_bound_ml_min_g"] > 0 and e["ps_sd"] > 0 for e in outcome.summary["segments"])
+    assert not any("flat-topped" in f or "implausibly" in f for f in outcome.summary["flags"]), outcome.summary["flags"]
+
+
+def test_a_saturated_arterial_input_is_flagged():
+    from pinn_engine.perfusion.phantom import gamma_variate
+    from pinn_engine.perfusion.quantify import PLATEAU_S, aif_plateau_s
+
+    t = np.arange(60) * 0.8
+    aif = gamma_variate(t, arrival_s=8.0, peak_mM=5.0)
+    assert aif_plateau_s(t, aif) < PLATEAU_S
+    assert aif_plateau_s(t, np.minimum(aif, 0.6 * aif.max())) >= PLATEAU_S
 
 
 @pytest.mark.slow

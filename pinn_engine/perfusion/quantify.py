@@ -59,6 +59,21 @@ def arterial_input(images: np.ndarray, labels: np.ndarray) -> tuple[int, np.ndar
     return k, mask
 
 
+PLATEAU_S = 3.5  # a first-pass bolus stays within 5 % of its peak for ~2-3 s; longer = saturated signal
+
+
+def aif_plateau_s(t_s: np.ndarray, aif: np.ndarray) -> float:
+    """How long the AIF stays within 5 % of its peak (contiguously, around the peak)."""
+    peak = int(np.argmax(aif))
+    high = aif >= 0.95 * aif[peak]
+    lo = hi = peak
+    while lo > 0 and high[lo - 1]:
+        lo -= 1
+    while hi < len(aif) - 1 and (high[hi + 1] or (hi + 2 < len(aif) and high[hi + 2])):  # one dip allowed
+        hi += 1
+    return float(t_s[hi] - t_s[lo])
+
+
 def baseline_length(curve: np.ndarray, minimum: int = 2) -> int:
     """Frames before the bolus: those before the signal first rises past 10 % of its enhancement."""
     early = curve[: max(minimum, 3)]
@@ -81,6 +96,10 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
     flags = []
     if aif_signal.max() / max(aif_signal[:n_base].mean(), 1e-9) > 0.98 / (1 - np.exp(-ts / settings.t1_blood_ms)):
         flags.append("AIF near saturation of the signal model: peak concentration underestimated")
+    top = aif_plateau_s(t_min[k_aif] * 60.0, aif_blood)
+    if top >= PLATEAU_S:
+        flags.append(f"AIF flat-topped for {top:.1f} s (signal saturation of the arterial input likely): "
+                     "flows are overestimated; a pre-bolus or dual-sequence AIF is needed")
     maps = {key: np.full((s, h, w), np.nan) for key in (*PARAMS, *(f"{p}_sd" for p in PARAMS), "mbf", "mbf_sd")}
     concentration = np.zeros((s, t, h, w))
     to_mbf = 1.0 / (1.0 - settings.hct) / settings.density_g_ml
