@@ -79,3 +79,19 @@ def test_inconsistent_perfusion_series_is_refused(tmp_path):
         load_perfusion_series(files[:-1])
     with pytest.raises(SeriesError, match=">= 10 dynamics"):
         load_perfusion_series([f for f in files if int(f.stem.split("_t")[1]) <= 8])
+
+
+@pytest.mark.slow
+def test_node_runs_a_perfusion_job_and_sends_the_results(node_factory, storescp_factory, tmp_path):
+    from tests.helpers import run, wait_for
+
+    dest = storescp_factory(ae_title="PACS")
+    node = node_factory(extra_toml="[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n" + dest.destination_toml()
+                        + '[routing]\nsend_results_to = ["pacs"]\n[jobs]\npoll_interval_s = 0.1\n').start()
+    simulate_perfusion(tmp_path / "s", seed=6, matrix=80, frames=36)
+    files = sorted((tmp_path / "s").glob("*.dcm"))
+    run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
+    done = "SELECT COUNT(*) FROM jobs WHERE kind = 'perfusion' AND state = 'done'"
+    assert wait_for(lambda: node.index_count(done) == 1, timeout=240), node.output.read_text()[-3000:]
+    assert wait_for(lambda: len(dest.received_sop_uids()) == 8, timeout=30)
+    assert node.events("perfusion.processed")
