@@ -25,11 +25,11 @@ from pynetdicom.sop_class import (
 )
 
 from dicom_node import qr
+from dicom_node.audit import AuditLog
 from dicom_node.config import Config
 from dicom_node.index import Index, StoredInstance
 from dicom_node.filemeta import encode_file_meta
 from dicom_node.instance import STATUS_INVALID_UID, InvalidInstance, is_valid_uid, parse_instance
-from dicom_node.audit import AuditLog
 from dicom_node.logs import log_event
 from dicom_node.netutil import NODELAY_HANDLERS, stall_guard
 from dicom_node.store import InstanceStore, StorageUnavailable

@@ -19,9 +19,10 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
   fat-suppressed, perfusion-like), slow-flow signal, distractors, texture, coil shading, Gibbs,
   Rician noise, masked backgrounds, whole-FOV and heart-crop samples, rotations/flips, gamma and
   intensity augmentation. **No real image was used for training.**
-- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} --steps {steps}`
-  ({steps} steps, {epochs} epochs, {train_minutes} min on the 2-core CPU; the shipped run used a
-  time budget, the step count above reproduces it from the seed).
+- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} --steps {steps} --generator {generator}`
+  ({steps} steps, {epochs} epochs, {train_minutes} min wall time on the 2-core CPU ({device}); the shipped
+  run used a time budget, the step count above reproduces it from the seed; generator {generator}:
+  {generator_text}).
 - **Validation** (`.venv/bin/python benchmarks/segmentation.py`):
 
 ```
@@ -39,9 +40,11 @@ def write(weights: Path, benchmark_log: Path) -> Path:
 
     with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
         meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]
+    meta = {"generator": 1, "device": "cpu", **meta}  # seg_v1 predates both fields
+    generator_text = {1: "ellipse RV", 2: "crescent RV, endocardial trabeculae, dark distractors"}[meta["generator"]]
     text = TEMPLATE.format(
         name=weights.name, path=weights.as_posix(), size_mb=weights.stat().st_size / 1e6,
-        benchmark=benchmark_log.read_text().strip(), **meta,
+        benchmark=benchmark_log.read_text().strip(), generator_text=generator_text, **meta,
     )
     out = weights.with_name("MODEL_CARD.md")
     out.write_text(text)
