@@ -10,8 +10,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # dcmtk: scanner/workstation peers; dicom3tools: object validators; orthanc (+ DICOMweb) and
-# chromium: the PACS and the browser of the viewer test
-debs=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium "$@")
+# chromium: the PACS and the browser of the viewer test; openssl: test certificates for TLS
+debs=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl "$@")
 command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()
 for pkg in "${debs[@]}"; do
