@@ -19,7 +19,7 @@ from pinn_engine.device import default_device
 from pinn_engine.segmentation.network import UNet
 from pinn_engine.segmentation.synth import GRID, normalise
 
-DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v1.pt"
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v2.pt"
 LOW_CONFIDENCE = 0.7
 
 
@@ -110,6 +110,9 @@ class Segmenter:
         labels = np.zeros((s, h, w), np.uint8)
         confidence = np.zeros(s)
         for k in range(s):
+            if np.ptp(stack[k]) == 0:  # a constant image holds no anatomy, whatever the network says
+                flags[k].append("slice has no signal (constant image): nothing segmented")
+                continue
             full = np.zeros((4, h, w))
             full[0] = 1.0
             for c in range(4):
