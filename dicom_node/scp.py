@@ -121,7 +121,7 @@ class NodeSCP:
     def handlers(self) -> list[tuple]:
         return [
             *NODELAY_HANDLERS,
-            (evt.EVT_CONN_OPEN, stall_guard(self.config.node.network_timeout_s)),
+            (evt.EVT_CONN_OPEN, stall_guard(self.config.node.network_timeout_s, self._max_pdu_bytes())),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_FIND, self.handle_find),
@@ -133,6 +133,11 @@ class NodeSCP:
             (evt.EVT_RELEASED, self._log_assoc("association.released")),
             *(self.audit.handlers(self.rejection_reason) if self.audit else ()),
         ]
+
+    def _max_pdu_bytes(self) -> int:
+        """The largest PDU body accepted: peers must respect our maximum PDU length (P-DATA);
+        association PDUs are small. 0 (unlimited) still bounds it, at 64 MiB."""
+        return max(self.config.node.max_pdu_size or 64 * 1024 * 1024, 1024 * 1024) + 1024
 
     @staticmethod
     def rejection_reason(event: evt.Event) -> str:

@@ -75,7 +75,10 @@ def test_allow_list_applies_to_every_service(node_factory, storescp_factory, tmp
     assert wrong_called.returncode != 0
     assert "Called AE Title Not Recognized" in wrong_called.stdout + wrong_called.stderr
 
-    assert wait_for(lambda: any(e.get("service") == "C-MOVE" for e in audit_lines(node)), timeout=10)
+    # each operation's line is written when its final response has been sent: the tool may exit first
+    every = {"C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET"}
+    assert wait_for(lambda: every <= {e.get("service") for e in audit_lines(node) if e.get("calling_ae") == "GOODSCU"},
+                    timeout=20)
     lines = audit_lines(node)
     rejected = [e for e in lines if e["kind"] == "association" and e["event"] == "rejected"]
     permanent = "Rejected Permanent, Service User: "

@@ -1457,11 +1457,6 @@ def test_closed_connections_do_not_use_up_association_slots(node_factory):
     assert ok, out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the node buffers a PDU of any declared length before looking at it (pynetdicom "
-    "dul._read_pdu_data reads pdu_length bytes; max_pdu_size is not enforced on receive). A peer "
-    "declaring a 4 GiB A-ASSOCIATE-RQ is read for as long as it sends, unauthenticated: 300 MB sent "
-    "raised the node's RSS from 58 MB to 363 MB, and each connection may hold up to 4 GiB"))
 def test_oversized_pdu_is_refused_without_buffering(node):
     # the default network timeout (60 s): with a short one the node's idle timeout could close it in time
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
