@@ -54,7 +54,13 @@ def run_node(work: Path, files_dir: Path, n: int) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT)
     try:
         wait_for_port(port, 30, proc, "node")
-        time.sleep(0.3)
+        # steady state: the node loads its engine in the background at start-up (preload);
+        # measuring during that would charge a one-off start-up cost to every instance
+        log = work / "var" / "log" / "node.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (log.exists() and '"engine.loaded"' in log.read_text()):
+            time.sleep(0.1)
+        time.sleep(1.0)  # the render helper process finishes its imports
         dt = storescu("PINN_NODE", port, files_dir)
         conn = sqlite3.connect(work / "var" / "index.sqlite")
         count = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
