@@ -10,7 +10,6 @@ field empty instead of rejecting the instance.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import struct
 import warnings

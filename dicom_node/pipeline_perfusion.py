@@ -6,8 +6,6 @@ a series the engine cannot process raises SeriesError with the reason (the job r
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Callable
 
 import numpy as np
@@ -31,14 +29,12 @@ from dicom_node.encode.parametric_map import (
 )
 from dicom_node.encode.report import RegionResult, ReportContext, encode_report
 from dicom_node.encode.segmentation import encode_segmentation
-from dicom_node.logs import log_event
-from dicom_node.pipeline_t2 import T2Outcome as Outcome
+from dicom_node.pipeline_steps import Outcome, Steps
 from dicom_node.series_io import PerfusionSeries, SeriesError
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion.quantify import PerfusionSettings, quantify
 from pinn_engine.perfusion.registration import register_dynamics
 
-LOG = logging.getLogger("dicom_node.pipeline")
 SERIES_NUMBERS = {"mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206, "sc": 9207, "pdf": 9208}
 Z95 = 1.959964  # the reported +/- is the 95 % interval of the fit (delta method)
 
@@ -52,17 +48,8 @@ def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
 
 def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = PerfusionSettings(), segmenter=None,
                       progress: Callable[[str], None] | None = None) -> Outcome:
-    timings: dict[str, float] = {}
-    step = progress or (lambda name: None)
-
-    def timed(name: str, fn, *args, **kwargs):
-        step(name)
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        log_event(LOG, "pipeline.step", step=name, seconds=timings[name],
-                  series_uid=str(series.sources[0].SeriesInstanceUID))
-        return out
+    timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
+    timings, step = timed.timings, timed.announce
 
     if segmenter is None:
         from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415

@@ -6,9 +6,6 @@ logged; a series the engine cannot process raises with the reason (the job recor
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,38 +18,22 @@ from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondar
 from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT, encode_parametric_map, t2_bound_spec, t2_map_spec
 from dicom_node.encode.report import RegionResult, ReportContext, encode_report
 from dicom_node.encode.segmentation import encode_segmentation
-from dicom_node.logs import log_event
+from dicom_node.pipeline_steps import Outcome, Steps
 from dicom_node.series_io import SeriesError, T2Series
 from pinn_engine.aha import assign_aha
 from pinn_engine.t2 import Flag, fit_t2, region_statistics
 from pinn_engine.t2.flags import EXCLUDE
 
-LOG = logging.getLogger("dicom_node.pipeline")
-
 SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
 
 
-@dataclass
-class T2Outcome:
-    objects: dict[str, Dataset]
-    summary: dict
-    pictures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
 
 
 def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
-               progress: Callable[[str], None] | None = None) -> T2Outcome:
+               progress: Callable[[str], None] | None = None) -> Outcome:
     """Run the whole T2 chain on a loaded series."""
-    timings: dict[str, float] = {}
-    step = progress or (lambda name: None)
-
-    def timed(name: str, fn, *args, **kwargs):
-        step(name)
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        log_event(LOG, "pipeline.step", step=name, seconds=timings[name],
-                  series_uid=str(series.sources[0].SeriesInstanceUID))
-        return out
+    timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
+    timings, step = timed.timings, timed.announce
 
     if segmenter is None:
         from pinn_engine.segmentation.infer import Segmenter
@@ -142,4 +123,4 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}
                     for k, v in objects.items()},
     }
-    return T2Outcome(objects, summary, pictures)
+    return Outcome(objects, summary, pictures)

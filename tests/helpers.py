@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -174,6 +176,32 @@ class StoreSCPProcess:
 
     def destination_toml(self, name: str = "pacs") -> str:
         return f'[[destinations]]\nname = "{name}"\nae_title = "{self.ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+
+
+def acknowledged_files(storescu_output: str) -> list[str]:
+    """Files that ``storescu -v`` saw acknowledged with success, in sending order."""
+    acked, current = [], None
+    for line in storescu_output.splitlines():
+        m = re.match(r"I: Sending file: (.+)$", line)
+        if m:
+            current = m.group(1).strip()
+        elif "Received Store Response (Success)" in line and current:
+            acked.append(current)
+            current = None
+    return acked
+
+
+@contextlib.contextmanager
+def chunked_sending():
+    """pynetdicom sends files byte for byte (its global switch, restored afterwards)."""
+    from pynetdicom import _config
+
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 def encode_parts(ds) -> tuple[bytes, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import subprocess
 import time
@@ -12,19 +11,7 @@ import pytest
 from pynetdicom.dsutils import split_dataset
 
 from dicom_node.synthetic import write_mr_series
-from tests.helpers import DCMTK_ENV, NodeProcess
-
-
-def acknowledged_files(storescu_output: str) -> list[str]:
-    acked, current = [], None
-    for line in storescu_output.splitlines():
-        m = re.match(r"I: Sending file: (.+)$", line)
-        if m:
-            current = m.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(current)
-            current = None
-    return acked
+from tests.helpers import DCMTK_ENV, NodeProcess, acknowledged_files
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
 import threading
@@ -10,25 +9,14 @@ import time
 
 import pydicom
 import pytest
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import MRImageStorage, Verification
 from pydicom.uid import generate_uid
 
 from dicom_node.synthetic import mr_image, write_mr_series
-from tests.helpers import run
+from tests.helpers import chunked_sending, run
 from tests.sample_objects import write_study
-
-
-@contextlib.contextmanager
-def chunked_sending():
-    """pynetdicom sends files byte for byte (its global switch, restored afterwards)."""
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        yield
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ keeps one copy per SOP Instance UID; deterministic UIDs make resends harmless).
 from __future__ import annotations
 
 import random
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -25,7 +24,15 @@ import pydicom
 
 from dicom_node.simulate import simulate_t2
 from dicom_node.synthetic import write_mr_series
-from tests.helpers import DCMTK_ENV, NodeProcess, StoreSCPProcess, stop_pid, wait_for, wait_for_port
+from tests.helpers import (
+    DCMTK_ENV,
+    NodeProcess,
+    StoreSCPProcess,
+    acknowledged_files,
+    stop_pid,
+    wait_for,
+    wait_for_port,
+)
 
 DERIVED = 6  # T2 map, bound map, SEG, SR, SC, PDF
 
@@ -52,18 +59,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.problems and self.present == self.acknowledged and self.delivered == self.expected_results
-
-
-def acknowledged_files(storescu_output: str) -> list[str]:
-    acked, current = [], None
-    for line in storescu_output.splitlines():
-        m = re.match(r"I: Sending file: (.+)$", line)
-        if m:
-            current = m.group(1).strip()
-        elif "Received Store Response (Success)" in line and current:
-            acked.append(current)
-            current = None
-    return acked
 
 
 class UniqueStoreSCP(StoreSCPProcess):

@@ -74,7 +74,7 @@ from dicom_node.instance import (
     parse_instance,
 )
 from dicom_node.synthetic import mr_image, synthetic_uid
-from tests.helpers import NodeProcess, encode_parts, run
+from tests.helpers import NodeProcess, chunked_sending, encode_parts, run
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 FUZZ_PDU_CASES = int(os.environ.get("FUZZ_PDU_CASES", "12"))
@@ -396,7 +396,6 @@ def reproducer(ts: str, data: bytes, sop_class: str | None, sop_instance: str | 
 def check_parse(data: bytes, ts: str, sop_class: str | None = None, sop_instance: str | None = None,
                 limit_s: float = PARSE_TIME_LIMIT_S) -> str:
     """Parse as the node does; return 'accepted' or 'rejected 0xNNNN', raise Finding otherwise."""
-    t0 = time.monotonic()
     try:
         with time_limit(limit_s):
             info = parse_instance(data, ts, sop_class, sop_instance)
@@ -689,19 +688,6 @@ def raw_file(path: Path, sop_class: str, sop_instance: str, ts: str, body: bytes
     write_file_meta_info(buf, meta, enforce_standard=True)
     path.write_bytes(buf.getvalue() + body)
     return path
-
-
-@contextlib.contextmanager
-def chunked_sending() -> Iterator[None]:
-    """pynetdicom sends a file's data set bytes as they are, without decoding them."""
-    from pynetdicom import _config
-
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        yield
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 @dataclasses.dataclass
