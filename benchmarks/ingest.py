@@ -58,7 +58,7 @@ def run_node(work: Path, files_dir: Path, n: int) -> float:
         # measuring during that would charge a one-off start-up cost to every instance
         log = work / "var" / "log" / "node.jsonl"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (log.exists() and '"engine.loaded"' in log.read_text()):
+        while time.monotonic() < deadline and not (log.exists() and '"engine.ready"' in log.read_text()):
             time.sleep(0.1)
         time.sleep(1.0)  # the render helper process finishes its imports
         dt = storescu("PINN_NODE", port, files_dir)

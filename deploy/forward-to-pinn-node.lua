@@ -1,9 +1,9 @@
--- Orthanc auto-routing: forward every stable MR series to the PINN node (one association
--- for the whole series), except the node's own results (their series descriptions end in
--- "(PINN node)"), so nothing loops.
-function OnStableSeries(seriesId, tags, metadata)
+-- Orthanc auto-routing: forward every MR instance to the PINN node as soon as Orthanc has
+-- stored it, except the node's own results (their series descriptions end in
+-- "(PINN node)"), so nothing loops. The node itself decides when a series is complete.
+function OnStoredInstance(instanceId, tags, metadata, origin)
   local description = tags['SeriesDescription'] or ''
   if tags['Modality'] == 'MR' and not string.find(description, '(PINN node)', 1, true) then
-    RestApiPost('/modalities/pinn_node/store', seriesId)
+    SendToModality(instanceId, 'pinn_node')
   end
 end

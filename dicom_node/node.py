@@ -23,6 +23,32 @@ from dicom_node.store import InstanceStore
 LOG = logging.getLogger("dicom_node.node")
 
 
+class _EarlyDelivery:
+    """Stores and sends the derived objects a job hands over before it has made them all.
+
+    A send that fails here is not an error yet: what was not sent is sent with the rest
+    (and the job fails then if the destination is still unreachable).
+    """
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.stored: dict[str, OutgoingInstance] = {}
+        self.sent: set[str] = set()
+
+    def __call__(self, objects: dict) -> None:
+        stored = {k: self.node.store_dataset(ds) for k, ds in objects.items()}
+        self.stored.update(stored)
+        names = self.node.config.routing.send_results_to
+        if not names:
+            return
+        try:
+            self.node._send(list(stored.values()), names, f"{len(stored)} derived objects (first part)")
+        except SendError as exc:
+            log_event(LOG, "send.deferred", level=logging.WARNING, error=str(exc))
+        else:
+            self.sent.update(stored)
+
+
 def open_index(config: Config) -> Index:
     return Index(config.storage_dir / "index.sqlite", config.node.index_synchronous)
 
@@ -77,11 +103,18 @@ class Node:
 
         render_worker.start()  # its imports (~1 s) overlap the network's
         try:
-            import dicom_node.pipeline_t2  # noqa: F401, PLC0415
+            from dicom_node.pipeline_t2 import warm_up  # noqa: PLC0415
 
-            self.segmenter()
+            segmenter = self.segmenter()
         except Exception as exc:  # noqa: BLE001  (the job will report the same error with its series)
             log_event(LOG, "engine.load_failed", level=logging.ERROR, error=str(exc))
+            return
+        t0 = time.perf_counter()
+        try:
+            warm_up(segmenter)
+        except Exception as exc:  # noqa: BLE001  (only slower first jobs; they report their own errors)
+            log_event(LOG, "engine.warm_up_failed", level=logging.WARNING, error=str(exc))
+        log_event(LOG, "engine.ready", warm_up_seconds=round(time.perf_counter() - t0, 3))
 
     def outgoing(self, series_uid: str) -> list[OutgoingInstance]:
         return [
@@ -131,8 +164,10 @@ class Node:
         render_worker.start()  # no-op once running
         series = load_t2_series(self._series_paths(job))
         engine = self.config.engine
-        outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=self.segmenter())
-        return self._deliver(job, outcome, "t2.processed", global_t2_ms=outcome.summary["global"]["t2_ms"])
+        early = _EarlyDelivery(self)
+        outcome = process_t2(series, method=engine.t2_method, confidence=engine.confidence,
+                             segmenter=self.segmenter(), deliver=early)
+        return self._deliver(job, outcome, "t2.processed", early, global_t2_ms=outcome.summary["global"]["t2_ms"])
 
     def process_perfusion(self, job: Job) -> str:
         """The perfusion job: motion correction, AIF, 2CXM per pixel and AHA segment, objects, send."""
@@ -145,40 +180,48 @@ class Node:
         engine = self.config.engine
         settings = PerfusionSettings(hct=engine.hematocrit, density_g_ml=engine.myocardial_density_g_ml,
                                      saturation_delay_ms=engine.saturation_delay_ms, method=engine.perfusion_method)
-        outcome = process_perfusion(load_perfusion_series(self._series_paths(job)), settings, self.segmenter())
-        return self._deliver(job, outcome, "perfusion.processed",
+        early = _EarlyDelivery(self)
+        outcome = process_perfusion(load_perfusion_series(self._series_paths(job)), settings, self.segmenter(),
+                                    deliver=early)
+        return self._deliver(job, outcome, "perfusion.processed", early,
                              global_mbf_ml_min_g=outcome.summary["global"]["mbf_ml_min_g"])
 
     def _series_paths(self, job: Job) -> list[Path]:
         return [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]
 
-    def _deliver(self, job: Job, outcome, event: str, **fields) -> str:
-        """Write summary and pictures, store the derived objects (served by Q/R), send them on."""
+    def _deliver(self, job: Job, outcome, event: str, early: "_EarlyDelivery | None" = None, **fields) -> str:
+        """Write summary and pictures, store the derived objects (served by Q/R), send them on.
+
+        Objects the job already handed to ``early`` are stored; those it also sent are not
+        sent again.
+        """
         import json  # noqa: PLC0415
 
+        early = early or _EarlyDelivery(self)
         results = self.config.storage_dir / "results" / str(job.series_uid)
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
         for name, data in outcome.pictures.items():
             (results / name).write_bytes(data)
-        stored = [self.store_dataset(ds) for ds in outcome.objects.values()]
+        stored = {k: early.stored.get(k) or self.store_dataset(ds) for k, ds in outcome.objects.items()}
         log_event(LOG, event, series_uid=job.series_uid, objects=len(stored), timings_s=outcome.summary["timings_s"],
                   **fields)
-        return self._send(stored, self.config.routing.send_results_to, f"{len(stored)} derived objects")
+        names = self.config.routing.send_results_to
+        what = f"{len(stored)} derived objects"
+        if names and early.sent:
+            self._send([v for k, v in stored.items() if k not in early.sent], names, f"{what} (last part)")
+            return f"{what}: sent {len(stored)} instances to {', '.join(names)}"
+        return self._send(list(stored.values()), names, what)
 
     def store_dataset(self, ds) -> OutgoingInstance:
         """Store a dataset the node made, through the same durable path as received ones."""
-        from pydicom.filebase import DicomBytesIO  # noqa: PLC0415
-        from pydicom.filewriter import write_dataset  # noqa: PLC0415
         from pydicom.uid import ExplicitVRLittleEndian  # noqa: PLC0415
 
+        from dicom_node.encode.common import dataset_bytes  # noqa: PLC0415
         from dicom_node.filemeta import encode_file_meta  # noqa: PLC0415
         from dicom_node.instance import parse_instance  # noqa: PLC0415
 
-        buf = DicomBytesIO()
-        buf.is_implicit_VR, buf.is_little_endian = False, True
-        write_dataset(buf, ds)
-        body = buf.getvalue()
+        body = dataset_bytes(ds)
         ts = str(ExplicitVRLittleEndian)
         meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, self.config.node.ae_title)
         info = parse_instance(body, ts, str(ds.SOPClassUID), str(ds.SOPInstanceUID))

@@ -26,10 +26,11 @@ from dicom_node.encode.parametric_map import (
     encode_parametric_map,
     kinetic_map_spec,
     mbf_map_spec,
+    parametric_map_reference,
 )
-from dicom_node.encode.report import RegionResult, ReportContext, encode_report
-from dicom_node.encode.segmentation import encode_segmentation
-from dicom_node.pipeline_steps import Outcome, Steps
+from dicom_node.encode.report import RegionResult, ReportContext
+from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
+from dicom_node.pipeline_steps import Deliver, Outcome, Steps, submit_report
 from dicom_node.series_io import PerfusionSeries, SeriesError
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion.quantify import PerfusionSettings, quantify
@@ -47,7 +48,8 @@ def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
 
 
 def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = PerfusionSettings(), segmenter=None,
-                      progress: Callable[[str], None] | None = None) -> Outcome:
+                      progress: Callable[[str], None] | None = None, deliver: Deliver | None = None) -> Outcome:
+    """Run the whole perfusion chain on a loaded series (``deliver``: as for ``process_t2``)."""
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings, step = timed.timings, timed.announce
 
@@ -137,6 +139,11 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     picture = Picture(registered.max(1), np.nan_to_num(mbf), myo & np.isfinite(mbf) & heart, "MBF", "ml/min/g",
                       (0.0, 4.0), regions, f"pinn-node-perfusion {__version__} ({settings.method}, 2CXM "
                       f"{settings.model}); bound 95% of the fit; Hct {settings.hct:g}", 0.95)
+    # the report first (the slowest object to build), from the identities of what it references
+    seg_ref, tracking = segmentation_reference(sources, aha.labels, algorithm)
+    report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, mbf_map_spec(), algorithm),
+                           regions, ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
+                           timings=timings)
     step("display")
     drawn = render_worker.submit(draw, picture)
 
@@ -146,12 +153,11 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
         for name in ("vp", "ve", "ps"):
             objects[name] = encode_parametric_map(sources, np.nan_to_num(result.maps[name]), kinetic_map_spec(name),
                                                   algorithm, SERIES_NUMBERS[name])
-        objects["seg"], tracking = encode_segmentation(sources, labels, aha.labels, algorithm, SERIES_NUMBERS["seg"])
-        ctx = ReportContext(MBF_CODE, MBF_UNIT, 0.95, params)
-        objects["sr"] = encode_report(sources, objects["seg"], tracking, objects["mbf"], regions, ctx, algorithm,
-                                      SERIES_NUMBERS["sr"])
+        objects["seg"], _ = encode_segmentation(sources, labels, aha.labels, algorithm, SERIES_NUMBERS["seg"])
 
     timed("encode", encode)
+    if deliver is not None:  # stored and sent while the helpers draw and build the report
+        timed("deliver_early", deliver, dict(objects))
 
     def display() -> dict[str, bytes]:
         rgb, png, seconds = drawn()
@@ -162,6 +168,9 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
         return {"mbf_display.png": png}
 
     pictures = timed("display", display)
+    if deliver is not None:  # while the report is still being built
+        timed("deliver_display", deliver, {k: objects[k] for k in ("sc", "pdf")})
+    objects["sr"] = timed("report", report)
     summary = {
         "kind": "perfusion",
         "segments": summary_segments,

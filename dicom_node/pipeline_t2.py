@@ -15,10 +15,17 @@ from scipy import ndimage
 from dicom_node import __version__, render_worker
 from dicom_node.encode.common import Algorithm
 from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
-from dicom_node.encode.parametric_map import T2_CODE, T2_UNIT, encode_parametric_map, t2_bound_spec, t2_map_spec
-from dicom_node.encode.report import RegionResult, ReportContext, encode_report
-from dicom_node.encode.segmentation import encode_segmentation
-from dicom_node.pipeline_steps import Outcome, Steps
+from dicom_node.encode.parametric_map import (
+    T2_CODE,
+    T2_UNIT,
+    encode_parametric_map,
+    parametric_map_reference,
+    t2_bound_spec,
+    t2_map_spec,
+)
+from dicom_node.encode.report import RegionResult, ReportContext
+from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
+from dicom_node.pipeline_steps import Deliver, Outcome, Steps, submit_report
 from dicom_node.series_io import SeriesError, T2Series
 from pinn_engine.aha import assign_aha
 from pinn_engine.t2 import Flag, fit_t2, region_statistics
@@ -27,11 +34,13 @@ from pinn_engine.t2.flags import EXCLUDE
 SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
 
 
-
-
 def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
-               progress: Callable[[str], None] | None = None) -> Outcome:
-    """Run the whole T2 chain on a loaded series."""
+               progress: Callable[[str], None] | None = None, deliver: Deliver | None = None) -> Outcome:
+    """Run the whole T2 chain on a loaded series.
+
+    ``deliver``, if given, receives derived objects as soon as they exist (maps and SEG, then
+    the display copies) while the report is still being built; the outcome lists all objects.
+    """
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings, step = timed.timings, timed.announce
 
@@ -39,11 +48,21 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         from pinn_engine.segmentation.infer import Segmenter
 
         segmenter = timed("load_model", Segmenter)
-    seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm)
+    # the fit needs no segmentation: the NLLS fit (numpy) runs in a helper process meanwhile
+    # ("fit" then times only the wait for it); the PINN trains with torch's threads, here
+    beside = render_worker.submit(fit_t2, series.images, series.te_ms, None, method, confidence) \
+        if method == "nlls" else None
+    if beside is not None:  # one torch thread: the fit has the other core
+        seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1)
+    else:
+        seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm)
+    if beside is not None:
+        fit = timed("fit", beside)
+    else:
+        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
     labels = seg.labels
     if not (labels == 2).any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
-    fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
     aha = timed("aha", assign_aha, labels, series.geometry)
     usable = (fit.flags & int(EXCLUDE)) == 0
     measured = np.where(usable, aha.labels, 0).astype(np.uint8)
@@ -82,30 +101,38 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     picture = Picture(anatomy, fit.t2_ms, (labels == 2) & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
                       f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
                       f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
+    # the report is the slowest object to build: it starts first, in a helper, from the
+    # identities of the map and SEG it references; the picture is drawn in the other helper
+    seg_ref, tracking = segmentation_reference(sources, measured, algorithm)
+    report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, t2_map_spec(), algorithm),
+                           regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
+                           SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
     step("display")
-    drawn = render_worker.submit(draw, picture)  # drawn in the helper process while we encode
+    drawn = render_worker.submit(draw, picture)
 
     def encode() -> None:
         objects["pm"] = encode_parametric_map(sources, fit.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
         bound = np.where(np.isfinite(fit.bound_ms) & fit.estimated, fit.bound_ms, 0.0)
         objects["bound"] = encode_parametric_map(sources, bound, t2_bound_spec(confidence), algorithm,
                                                  SERIES_NUMBERS["bound"])
-        objects["seg"], tracking = encode_segmentation(sources, labels, measured, algorithm, SERIES_NUMBERS["seg"])
-        ctx = ReportContext(T2_CODE, T2_UNIT, confidence, params)
-        objects["sr"] = encode_report(sources, objects["seg"], tracking, objects["pm"], regions, ctx, algorithm,
-                                      SERIES_NUMBERS["sr"], evidence=series.datasets)
+        objects["seg"], _ = encode_segmentation(sources, labels, measured, algorithm, SERIES_NUMBERS["seg"])
 
     timed("encode", encode)
+    if deliver is not None:  # stored and sent while the helpers draw and build the report
+        timed("deliver_early", deliver, dict(objects))
 
     def display() -> dict[str, bytes]:
         rgb, png, seconds = drawn()
-        timings["display_draw"] = round(seconds, 3)  # in the helper, overlapping "encode"
+        timings["display_draw"] = round(seconds, 3)  # in a helper, overlapping "encode"
         objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "T2", SERIES_NUMBERS["sc"])
         objects["pdf"] = encode_pdf(raster_pdf(rgb), sources[0], algorithm, "T2",
                                     SERIES_NUMBERS["pdf"], "T2 mapping report (research use)")
         return {"t2_display.png": png}
 
     pictures = timed("display", display)
+    if deliver is not None:  # while the report is still being built
+        timed("deliver_display", deliver, {k: objects[k] for k in ("sc", "pdf")})
+    objects["sr"] = timed("report", report)
     flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[labels == 2].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
     summary = {
         "kind": "t2",
@@ -124,3 +151,21 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                     for k, v in objects.items()},
     }
     return Outcome(objects, summary, pictures)
+
+
+def warm_up(segmenter, method: str = "nlls") -> None:
+    """Run the chain once on a small simulated series, results discarded.
+
+    The first call of each encoder (highdicom's and pydicom's lazily built tables) and of
+    the helper processes costs about as much as the rest of a job; a node in service pays
+    it at start-up, not with the first series it receives.
+    """
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from dicom_node.series_io import load_t2_series  # noqa: PLC0415
+    from dicom_node.simulate import simulate_t2  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="pinn-node-warm-up-") as tmp:
+        simulate_t2(Path(tmp), seed=0, matrix=96, slices=2)
+        process_t2(load_t2_series(sorted(Path(tmp).glob("*.dcm"))), method=method, segmenter=segmenter)

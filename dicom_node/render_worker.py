@@ -1,10 +1,14 @@
-"""A helper process that draws the display pictures while the node encodes DICOM objects.
+"""Helper processes that fit, draw the display pictures and build the SR beside the job.
 
-Drawing with matplotlib and building the SR with highdicom are both pure-Python work, so
-threads would take turns on one core; a second process does them side by side (the
-job's wall time drops by the drawing time on a machine with two cores or more). The
-process is started once (``start``) and reused; without it, or on one core, or if it
-breaks, drawing happens in the caller. It only ever receives arrays and returns pixels.
+The NLLS fit, drawing with matplotlib and building the SR with highdicom are mostly
+pure-Python work, so threads would take turns on one core; helper processes do them side
+by side while the job's own thread segments, encodes the other objects and stores and
+sends them (on two cores or more the job's wall time drops by all three). Work goes to
+one of two lanes, each a single process with its own imports and warm caches: lane 0
+fits and then draws, lane 1 builds the report, so the order of work within a lane is
+the order a job needs it. The processes are started once (``start``) and reused;
+without them, on one core, or if they break, the work happens in the caller. They
+receive arrays and header-only datasets, never file paths or the node's state.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from dicom_node.logs import log_event
 
 LOG = logging.getLogger("dicom_node.render")
 _lock = threading.Lock()
-_pool: ProcessPoolExecutor | None = None
+_pools: list[ProcessPoolExecutor] = []
+LANES = 2
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -33,35 +38,38 @@ def _exit_with_parent(parent: int) -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     import dicom_node.encode.display  # noqa: F401, PLC0415  (matplotlib import: ~1 s, paid once)
+    import dicom_node.encode.report  # noqa: F401, PLC0415  (highdicom)
+    import pinn_engine.t2  # noqa: F401, PLC0415  (scipy)
 
 
 def start() -> None:
-    """Start the helper process (no-op on a single core or if already running)."""
-    global _pool
+    """Start the helper processes (no-op on a single core or if already running)."""
     with _lock:
-        if _pool is not None or (os.cpu_count() or 1) < 2:
+        if _pools or (os.cpu_count() or 1) < 2:
             return
-        _pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                    initializer=_exit_with_parent, initargs=(os.getpid(),))
-        _pool.submit(os.getpid)  # the process (and its imports) starts now, not with the first picture
+        for _ in range(LANES):
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                       initializer=_exit_with_parent, initargs=(os.getpid(),))
+            pool.submit(os.getpid)  # the process (and its imports) starts now, not with the first job
+            _pools.append(pool)
 
 
 def stop() -> None:
-    global _pool
     with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
+        pools = list(_pools)
+        _pools.clear()
+    for pool in pools:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def submit(fn: Callable, *args) -> Callable[[], object]:
-    """Run ``fn(*args)`` in the helper if it is running; returns a function giving the result."""
+def submit(fn: Callable, *args, lane: int = 0) -> Callable[[], object]:
+    """Run ``fn(*args)`` in helper ``lane`` if the helpers run; returns a function giving the result."""
     with _lock:
-        pool = _pool
+        pool = _pools[lane % len(_pools)] if _pools else None
     if pool is not None:
         try:
             future: Future = pool.submit(fn, *args)
-        except Exception as exc:  # noqa: BLE001  (a broken pool: draw here instead)
+        except Exception as exc:  # noqa: BLE001  (a broken pool: work here instead)
             log_event(LOG, "render.worker_unavailable", level=logging.WARNING, error=str(exc))
         else:
             def result() -> object:

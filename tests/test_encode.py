@@ -238,3 +238,21 @@ def test_highdicom_reads_seg_and_sr(series, tmp_path):
     # TID 310 property (highdicom has no accessor: read the content items)
     props = [i for i in mean[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "371884006"]
     assert float(props[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(regions[0].bound)
+
+
+def test_references_made_before_encoding_match_the_objects(series, tmp_path):
+    """The SR is built from references to the map and SEG while they are encoded: same identities."""
+    from dicom_node.encode.parametric_map import parametric_map_reference
+    from dicom_node.encode.segmentation import segmentation_reference
+    from pinn_engine.aha import SliceGeometry, assign_aha
+
+    first, pm, seg, tracking, _, _ = _report_inputs(series, tmp_path)
+    labels = series[1]["labels"]
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+                          tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
+    seg_ref, ref_tracking = segmentation_reference(first, assign_aha(labels, geom).labels, ALG)
+    pm_ref = parametric_map_reference(first, t2_map_spec(), ALG)
+    assert ref_tracking == tracking
+    for ref, obj in ((seg_ref, seg), (pm_ref, pm)):
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
+            assert ref[kw].value == obj[kw].value, kw

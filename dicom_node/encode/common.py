@@ -53,6 +53,16 @@ def derived_uid(source_series_uid: str, kind: str, algorithm: Algorithm, *extra:
     )
 
 
+def reference(source: Dataset, sop_class_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+    """What another object needs to reference a derived object before it is encoded."""
+    ref = Dataset()
+    ref.StudyInstanceUID = source.StudyInstanceUID
+    ref.SeriesInstanceUID = series_uid
+    ref.SOPClassUID = sop_class_uid
+    ref.SOPInstanceUID = sop_uid
+    return ref
+
+
 PATIENT_STUDY_KEYWORDS = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight", "PatientSize",
     "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName",
@@ -73,6 +83,44 @@ def finish(ds: Dataset, source: Dataset, image: bool = True) -> Dataset:
         ds.BodyPartExamined = "HEART"
         ds.ContentCreatorName = MANUFACTURER.replace(" ", "^")
     copy_patient_study(source, ds)
+    return ds
+
+
+# bulk that a reference to an instance never needs
+_BULK_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData", "PerFrameFunctionalGroupsSequence")
+
+
+def header_only(ds: Dataset) -> Dataset:
+    """A shallow copy of ``ds`` without pixels or per-frame groups (enough to reference it)."""
+    out = Dataset()
+    for elem in ds:
+        if elem.keyword not in _BULK_KEYWORDS:
+            out.add(elem)
+    return out
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    """The data set encoded in Explicit VR Little Endian, without preamble or file meta."""
+    from pydicom.filebase import DicomBytesIO  # noqa: PLC0415
+    from pydicom.filewriter import write_dataset  # noqa: PLC0415
+
+    buf = DicomBytesIO()
+    buf.is_implicit_VR, buf.is_little_endian = False, True
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def dataset_from_bytes(body: bytes) -> Dataset:
+    """Inverse of ``dataset_bytes``; elements stay encoded until used, so writing it again is a copy."""
+    from io import BytesIO  # noqa: PLC0415
+
+    from pydicom.dataset import FileMetaDataset  # noqa: PLC0415
+    from pydicom.filereader import read_dataset  # noqa: PLC0415
+    from pydicom.uid import ExplicitVRLittleEndian  # noqa: PLC0415
+
+    ds = read_dataset(BytesIO(body), is_implicit_VR=False, is_little_endian=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
 
 

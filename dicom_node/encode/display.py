@@ -116,10 +116,15 @@ def render(picture: Picture, table: bool = True) -> plt.Figure:
                  f"±{r.bound:.{d + 1}f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
         header = ["segment", f"mean ({picture.unit})", f"SD ({picture.unit})",
                   f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
-        t = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")
-        t.auto_set_font_size(False)
-        t.set_fontsize(7)
-        t.scale(1.0, 1.05)
+        # one monospaced text block: a matplotlib Table (a patch and a text per cell) took
+        # half of the drawing time
+        cells = [header, *rows]
+        widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
+        lines = ["  ".join(v.rjust(w) if c and c < 5 else v.ljust(w) for c, (v, w) in enumerate(zip(row, widths)))
+                 for row in cells]
+        lines.insert(1, "-" * len(lines[0]))
+        ax.text(0.5, 1.0, "\n".join(lines), family="monospace", fontsize=7.5, ha="center", va="top",
+                transform=ax.transAxes)
     return fig
 
 

@@ -8,6 +8,7 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import ParametricMapStorage
 from pydicom.sr.coding import Code
 
 from dicom_node.encode.common import (
@@ -18,6 +19,7 @@ from dicom_node.encode.common import (
     finish,
     frame_anatomy,
     position_order,
+    reference,
 )
 
 DERIVATION = Code("121401", "DCM", "Derivation")
@@ -123,6 +125,17 @@ def kinetic_map_spec(name: str) -> MapSpec:
                    f"{upper}_MAP", window, value_range, derivation=PERFUSION_ANALYSIS)
 
 
+def _uids(source_series_uid: str, spec: MapSpec, algorithm: Algorithm) -> tuple[str, str]:
+    return (derived_uid(source_series_uid, f"pm-{spec.kind}-series", algorithm),
+            derived_uid(source_series_uid, f"pm-{spec.kind}", algorithm))
+
+
+def parametric_map_reference(source_images: Sequence[Dataset], spec: MapSpec, algorithm: Algorithm) -> Dataset:
+    """The identity of the map ``encode_parametric_map`` will make (for the SR, built meanwhile)."""
+    return reference(source_images[0], ParametricMapStorage, *_uids(source_images[0].SeriesInstanceUID, spec,
+                                                                     algorithm))
+
+
 def encode_parametric_map(
     source_images: Sequence[Dataset],
     values: np.ndarray,
@@ -155,13 +168,13 @@ def encode_parametric_map(
     extra = (hd.sr.CodeContentItem(DERIVATION, spec.derivation) if spec.derivation is not None
              else hd.sr.CodeContentItem(MODEL_FITTING, LEAST_SQUARES))
     rwvm.QuantityDefinitionSequence.append(extra)
-    series_uid = sources[0].SeriesInstanceUID
+    pm_series_uid, pm_uid = _uids(sources[0].SeriesInstanceUID, spec, algorithm)
     pm = hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=pixels,
-        series_instance_uid=derived_uid(series_uid, f"pm-{spec.kind}-series", algorithm),
+        series_instance_uid=pm_series_uid,
         series_number=series_number,
-        sop_instance_uid=derived_uid(series_uid, f"pm-{spec.kind}", algorithm),
+        sop_instance_uid=pm_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,

@@ -8,6 +8,7 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
@@ -19,6 +20,7 @@ from dicom_node.encode.common import (
     derived_uid,
     finish,
     position_order,
+    reference,
 )
 
 # CID 3717 "Left Ventricle Myocardial Wall 17 Segment Model" (SCT)
@@ -59,6 +61,19 @@ def structures(aha_present: Sequence[int]) -> list[Structure]:
         out.append(Structure(4 + k, f"AHA {seg} {AHA_CODES[seg][1]}", aha_code(seg), f"AHA segment {seg}",
                              (65.0, float(60 * np.cos(hue)), float(60 * np.sin(hue)))))
     return out
+
+
+def _uids(source_series_uid: str, algorithm: Algorithm) -> tuple[str, str]:
+    return derived_uid(source_series_uid, "seg-series", algorithm), derived_uid(source_series_uid, "seg", algorithm)
+
+
+def segmentation_reference(source_images: Sequence[Dataset], aha: np.ndarray,
+                           algorithm: Algorithm) -> tuple[Dataset, dict[str, int]]:
+    """The identity and the tracking id -> segment number map of the SEG ``encode_segmentation``
+    will make from the same AHA labels (for the SR, built meanwhile)."""
+    parts = structures(sorted(int(s) for s in np.unique(aha) if s))
+    ref = reference(source_images[0], SegmentationStorage, *_uids(source_images[0].SeriesInstanceUID, algorithm))
+    return ref, {p.tracking_id: p.number for p in parts}
 
 
 def encode_segmentation(
@@ -107,9 +122,9 @@ def encode_segmentation(
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=derived_uid(series_uid, "seg-series", algorithm),
+        series_instance_uid=_uids(series_uid, algorithm)[0],
         series_number=series_number,
-        sop_instance_uid=derived_uid(series_uid, "seg", algorithm),
+        sop_instance_uid=_uids(series_uid, algorithm)[1],
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,

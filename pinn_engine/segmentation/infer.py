@@ -73,8 +73,23 @@ class Segmenter:
             p = self.model(torch.as_tensor(x, device=self.device)).softmax(1)
         return p.cpu().numpy()
 
-    def __call__(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> Segmentation:
-        """Segment a stack (slices, echoes, H, W) with pixel spacing (between rows, between columns)."""
+    def __call__(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                 threads: int | None = None) -> Segmentation:
+        """Segment a stack (slices, echoes, H, W) with pixel spacing (between rows, between columns).
+
+        ``threads`` caps torch's threads for this call (e.g. 1 while other work uses the
+        other cores: spinning OpenMP threads on an oversubscribed CPU cost more than they give).
+        """
+        if threads is None:
+            return self._segment(images, pixel_spacing_mm)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._segment(images, pixel_spacing_mm)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> Segmentation:
         stack = to_three_channels(np.asarray(images))
         s, _, h, w = stack.shape
         dr, dc = pixel_spacing_mm

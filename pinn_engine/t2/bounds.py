@@ -77,7 +77,12 @@ def _outer_end(inside, r_hat: np.ndarray, r_guess: np.ndarray, r_limit: np.ndarr
     guess_inside = inside(r_guess)
     outer = np.where(guess_inside, r_limit, r_guess)
     inner = np.where(guess_inside, r_guess, r_hat)
-    end = _crossing(inside, inner, outer, np.where(guess_inside, 40, 18).max())
+    # a bracket of a few SDs needs 18 halvings, the full range 40: each pixel gets its own
+    # (the full-range ones are few, and bisecting everything 40 times was a third of the fit)
+    end = _crossing(inside, inner, outer, 18)
+    wide = np.flatnonzero(guess_inside)
+    if wide.size:
+        end[wide] = _crossing(lambda rate: inside(rate, wide), inner[wide], outer[wide], 40)
     log_end, log_lim = np.log(end), np.log(r_limit)
     for i in range(1, grid + 1):
         f, f_next = i / grid, min((i + 1) / grid, 1.0)
@@ -112,15 +117,16 @@ def consistency_set(y: np.ndarray, te_ms: np.ndarray, rate_hat: np.ndarray, sigm
         y2 = np.einsum("pk,pk->p", yy, yy)
         ty = te * yy
 
-        def inside(rate: np.ndarray) -> np.ndarray:
+        def inside(rate: np.ndarray, pixels: np.ndarray | slice = slice(None)) -> np.ndarray:
+            """Whether ``rate`` (one per pixel of ``pixels``) lies in the set."""
             e = np.exp(-te * rate[:, None])
             te_e = te * e
             b = np.einsum("pk,pk->p", e, e)
-            a = np.einsum("pk,pk->p", yy, e)
+            a = np.einsum("pk,pk->p", yy[pixels], e)
             c1 = np.einsum("pk,pk->p", te_e, e)  # -(e.de)
-            c2 = np.einsum("pk,pk->p", ty, e)  # -(de.y)
+            c2 = np.einsum("pk,pk->p", ty[pixels], e)  # -(de.y)
             c3 = np.einsum("pk,pk->p", te_e, te_e)  # de.de
-            rss = y2 - a * a / b
+            rss = y2[pixels] - a * a / b
             proj_y = c1 * a / b - c2  # (P_perp de).y
             proj_norm = np.sqrt(np.maximum(c3 - c1 * c1 / b, 1e-300))
             return (rss <= thr) & (np.abs(proj_y) <= z * proj_norm)

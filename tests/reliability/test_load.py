@@ -258,7 +258,7 @@ def run_load(work: Path, associations: int = ASSOCIATIONS, per_association: int 
     node.start(timeout=60)
     try:
         with MemorySampler(node.proc.pid) as memory:
-            _wait_event(node, "engine.loaded", 180)  # a node in service has its engine loaded
+            _wait_event(node, "engine.ready", 180)  # a node in service has its engine loaded
             time.sleep(1.0)  # the render helper process finishes its imports
             memory.mark_baseline()
             run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *t2_files], check=True)
