@@ -28,7 +28,7 @@ from dicom_node.encode.segmentation import encode_segmentation, segmentation_ref
 from dicom_node.pipeline_steps import Deliver, Outcome, Steps, submit_report
 from dicom_node.series_io import SeriesError, T2Series
 from pinn_engine.aha import assign_aha
-from pinn_engine.t2 import Flag, fit_t2, region_statistics
+from pinn_engine.t2 import Flag, fit_t2, merge_fits, region_statistics
 from pinn_engine.t2.flags import EXCLUDE
 
 SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
@@ -48,17 +48,16 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         from pinn_engine.segmentation.infer import Segmenter
 
         segmenter = timed("load_model", Segmenter)
-    # the fit needs no segmentation: the NLLS fit (numpy) runs in a helper process meanwhile
-    # ("fit" then times only the wait for it); the PINN trains with torch's threads, here
-    beside = render_worker.submit(fit_t2, series.images, series.te_ms, None, method, confidence) \
-        if method == "nlls" else None
-    if beside is not None:  # one torch thread: the fit has the other core
+    # the fit needs no segmentation: the NLLS fit (numpy) runs meanwhile, in two halves in the
+    # two helper processes ("fit" then times only the wait for them); the PINN trains with
+    # torch's threads, here
+    if method == "nlls":
+        halves = [render_worker.submit(fit_t2, series.images, series.te_ms, None, method, confidence, None, True,
+                                       0.0, 0, None, (k, 2), lane=k) for k in range(2)]
         seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1)
+        fit = timed("fit", lambda: merge_fits([half() for half in halves]))
     else:
         seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm)
-    if beside is not None:
-        fit = timed("fit", beside)
-    else:
         fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
     labels = seg.labels
     if not (labels == 2).any():

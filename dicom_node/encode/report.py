@@ -3,9 +3,8 @@
 One TID 1411 group for the LV myocardium and one per AHA segment: mean (derivation Mean)
 with its bound as TID 310 '+/-' (371884006, SCT) in the quantity's unit, the spatial SD
 (derivation Standard Deviation), pixel count and area, the referenced SEG segment, the
-source series, the Parametric Map frames the values come from, the algorithm identity (with
-its parameters, e.g. confidence level and noise sigma, in the whole-myocardium group), and
-QC flags as text comments.
+source images, the Parametric Map frames the values come from, the algorithm identity and
+parameters (confidence level, noise sigma, ...), and QC flags as text comments.
 """
 
 from __future__ import annotations
@@ -60,12 +59,9 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
     track_id = "LV myocardium" if region.aha is None else f"AHA segment {region.aha}"
     finding = codes.SCT.LeftVentricleMyocardium if region.aha is None else aha_code(region.aha)
     series_uid = sources[0].SeriesInstanceUID
-    # the parameters once, in the whole-myocardium group: they are the same for every
-    # region, and repeating them in each of 17 groups made a quarter of the report
     algo = hd.sr.AlgorithmIdentification(
         name=algorithm.name, version=algorithm.version,
-        parameters=[f"{k}={v}" for k, v in sorted({**algorithm.parameters, **ctx.parameters}.items())]
-        if region.aha is None else None,
+        parameters=[f"{k}={v}" for k, v in sorted({**algorithm.parameters, **ctx.parameters}.items())],
     )
     source_pm = [hd.sr.SourceImageForMeasurement(value_map.SOPClassUID, value_map.SOPInstanceUID, list(region.frames))]
     properties = hd.sr.MeasurementProperties()
@@ -95,8 +91,7 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
             segment_number=tracking[track_id],
-            # the series, not each image: the Image Library lists them once for the whole report
-            source_series=hd.sr.SourceSeriesForSegmentation(series_uid),
+            source_images=[hd.sr.SourceImageForSegmentation(d.SOPClassUID, d.SOPInstanceUID) for d in sources],
         ),
         finding_type=finding,
         finding_category=codes.SCT.AnatomicalStructure,

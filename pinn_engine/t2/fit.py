@@ -61,13 +61,20 @@ def fit_t2(
     model_error: float = 0.0,
     seed: int = 0,
     pinn_options: dict[str, Any] | None = None,
-) -> T2Fit:
+    part: tuple[int, int] = (0, 1),
+) -> T2Fit | None:
     """Fit T2 per pixel of ``images`` (slices, echoes, H, W) at preparation times ``te_ms``.
 
     ``method``: "nlls" (variable-projection Gauss-Newton) or "pinn" (scan-specific Bloch
     PINN). ``mask`` (slices, H, W) limits the fit; default: pixels with signal. ``sigma``:
     known noise SD; default: estimated from the background (or the fit residuals) with an
     upper confidence limit, which the bounds use.
+
+    ``part=(k, n)`` (NLLS only): fit only image rows k, k+n, k+2n, ... so that n processes
+    can share the work; ``merge_fits`` joins the parts into the fit of the whole (the NLLS
+    and the bounds are per pixel, and the noise comes from the whole background). When the
+    noise must come from the fit residuals instead, part 0 fits every pixel and the other
+    parts return None.
     """
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -90,6 +97,14 @@ def fit_t2(
     est = noise.NoiseEstimate(sigma, sigma, 1.0, "given", 0) if sigma is not None else noise.from_background(img)
     timings["noise"] = time.perf_counter() - t_start
 
+    k_part, n_parts = part
+    if n_parts > 1:
+        if method != "nlls":
+            raise ValueError("only the NLLS fit can be split into parts")
+        if est is None:  # the residual noise estimate needs every pixel at once
+            if k_part:
+                return None
+            n_parts = 1
     if mask is None:
         if est is not None:
             mask = img[:, 0] > 5.0 * est.sigma
@@ -98,6 +113,10 @@ def fit_t2(
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} does not match the maps {shape}")
+    if n_parts > 1:
+        rows = np.zeros(shape, dtype=bool)
+        rows[:, k_part::n_parts] = True
+        mask = mask & rows
     idx = np.flatnonzero(mask.ravel())
     y = img.transpose(0, 2, 3, 1).reshape(-1, te.size)[idx]
 
@@ -160,3 +179,16 @@ def fit_t2(
         timings_s=timings,
         diagnostics=diagnostics,
     )
+
+
+def merge_fits(parts: "list[T2Fit | None]") -> T2Fit:
+    """The fit of the whole image from the fits of its parts (``fit_t2(..., part=...)``)."""
+    fits = [p for p in parts if p is not None]
+    whole = fits[0]
+    for other in fits[1:]:
+        here = other.estimated
+        for name in ("t2_ms", "m0", "bound_ms", "lo_ms", "hi_ms", "flags", "t2_reference_ms"):
+            getattr(whole, name)[here] = getattr(other, name)[here]
+        # the parts ran side by side: the whole took as long as the slowest
+        whole.timings_s = {k: max(v, other.timings_s.get(k, 0.0)) for k, v in whole.timings_s.items()}
+    return whole
