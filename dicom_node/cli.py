@@ -157,7 +157,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
     from dicom_node.classify import classify  # noqa: PLC0415
     from dicom_node.series_io import SeriesError, load_t2_series, read_headers  # noqa: PLC0415
 
-    steps = ["read", "classify", "load_model", "segment", "fit", "aha", "encode", "display", "write"]
+    steps = ["read", "classify", "load_model", "segment", "fit", "aha", "encode", "display", "report", "write"]
     t0 = time.monotonic()
 
     def progress(name: str) -> None:

@@ -51,7 +51,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
                       progress: Callable[[str], None] | None = None, deliver: Deliver | None = None) -> Outcome:
     """Run the whole perfusion chain on a loaded series (``deliver``: as for ``process_t2``)."""
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
-    timings, step = timed.timings, timed.announce
+    timings = timed.timings
 
     if segmenter is None:
         from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
@@ -144,7 +144,6 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, mbf_map_spec(), algorithm),
                            regions, ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
                            timings=timings)
-    step("display")
     drawn = render_worker.submit(draw, picture)
 
     def encode() -> None:

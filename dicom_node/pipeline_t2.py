@@ -42,7 +42,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     the display copies) while the report is still being built; the outcome lists all objects.
     """
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
-    timings, step = timed.timings, timed.announce
+    timings = timed.timings
 
     if segmenter is None:
         from pinn_engine.segmentation.infer import Segmenter
@@ -106,7 +106,6 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, t2_map_spec(), algorithm),
                            regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
                            SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
-    step("display")
     drawn = render_worker.submit(draw, picture)
 
     def encode() -> None:
