@@ -14,6 +14,7 @@ with the same pipeline using scipy per-pixel least_squares for the fit.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -38,6 +39,20 @@ STEPS = ("load_model", "segment", "fit", "aha", "encode", "deliver_early", "disp
 HELPER_STEPS = ("fit_total", "display_draw", "report_build")
 
 
+def _events(log: Path) -> list[dict]:
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _epoch(ts: str) -> float:
+    return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
 def one_run(work: Path, series_dir: Path, method: str) -> dict:
     node = NodeProcess(work / "node", preload=True)
     orthanc = OrthancProcess(work / "orthanc", node_port=node.port, stable_age=ORTHANC_STABLE_S).start()
@@ -53,17 +68,19 @@ def one_run(work: Path, series_dir: Path, method: str) -> dict:
             time.sleep(0.1)
         files = sorted(series_dir.glob("*.dcm"))
         run(["storescu", "-aec", orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, *files], check=True)
-        pushed = time.monotonic()
-        while time.monotonic() - pushed < 300:
-            studies = orthanc.rest("/studies")
-            if studies and len(orthanc.rest(f"/studies/{studies[0]}/series")) >= EXPECTED:
-                stats = orthanc.rest("/statistics")
-                if stats["CountSeries"] >= EXPECTED:
+        pushed = time.time()  # storescu returns when Orthanc has acknowledged the last instance
+        while time.time() - pushed < 300:
+            if '"job.done"' in node.output.read_text():
+                studies = orthanc.rest("/studies")
+                if studies and len(orthanc.rest(f"/studies/{studies[0]}/series")) >= EXPECTED:
                     break
-            time.sleep(0.05)
+            time.sleep(0.1)
         else:
             raise RuntimeError("derived objects did not arrive")
-        wall = time.monotonic() - pushed - NODE_STABLE_S
+        # the last derived object was stored in Orthanc when Orthanc acknowledged it: the
+        # node logs that moment (ms) with its last send report
+        stored = max(_epoch(e["ts"]) for e in _events(node.output) if e.get("event") == "send.report")
+        wall = stored - pushed - NODE_STABLE_S
         summary = json.loads(next((node.storage / "results").glob("*/summary.json")).read_text())
         return {"wall": wall, "timings": summary["timings_s"], "summary": summary}
     finally:

@@ -299,6 +299,11 @@ class Index:
         ).fetchall()
         return [r[0] for r in rows]
 
+    def oldest_open_series_activity(self) -> float | None:
+        """The earliest last-received time among open series (None: no open series)."""
+        row = self.reader.execute("SELECT MIN(last_received_at) FROM series WHERE state = 'open'").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def complete_series(self, series_uid: str, before: float, job_kind: str | None, max_attempts: int) -> int | None:
         """Mark a still-idle series complete and enqueue its job (if any) atomically.
 

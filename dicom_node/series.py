@@ -57,12 +57,25 @@ class SeriesTracker:
             self.wakeup.set()
         return jobs
 
+    def _next_wait(self) -> float:
+        """Seconds until the next pass: when the oldest open series becomes due, at most
+        ``check_interval_s`` (a series completes on time, not up to an interval late)."""
+        interval = self.config.series.check_interval_s
+        oldest = self.index.oldest_open_series_activity()
+        if oldest is None:
+            return interval
+        due = oldest + self.config.series.stable_seconds - time.time()
+        return min(interval, max(due, 0.0) + 0.02)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.config.series.check_interval_s):
+        wait = self.config.series.check_interval_s
+        while not self._stop.wait(wait):
             try:
                 self.check_once()
+                wait = self._next_wait()
             except Exception:  # keep tracking; the next pass retries
                 LOG.exception("series tracker pass failed")
+                wait = self.config.series.check_interval_s
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="series-tracker", daemon=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import highdicom as hd
@@ -87,8 +88,27 @@ def _bullseye(ax, regions: Sequence[RegionResult], window: tuple[float, float], 
 DPI = 110  # 1.5k x 0.9k pixels for 3 slices: legible, and a ~4 MB RGB Secondary Capture
 
 
-def render(picture: Picture, table: bool = True) -> plt.Figure:
-    """The display figure, with the per-segment table below it unless ``table`` is False."""
+TABLE_POINTS = 7.5
+
+
+def table_lines(picture: Picture) -> list[str]:
+    """The per-segment table as monospaced lines (header, rule, one line per region)."""
+    d = 1 if picture.window[1] - picture.window[0] >= 20 else 2
+    rows = [["LV myocardium" if r.aha is None else f"{r.aha}", f"{r.mean:.{d}f}", f"{r.sd:.{d}f}",
+             f"±{r.bound:.{d + 1}f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
+    header = ["segment", f"mean ({picture.unit})", f"SD ({picture.unit})",
+              f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
+    cells = [header, *rows]
+    widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
+    lines = ["  ".join(v.rjust(w) if c and c < 5 else v.ljust(w) for c, (v, w) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def render(picture: Picture, table: bool = True, table_text: bool = True) -> plt.Figure:
+    """The display figure, with the per-segment table below it unless ``table`` is False
+    (``table_text`` False: the table's place is left empty, for ``draw`` to fill)."""
     n = picture.values.shape[0]
     fig = plt.figure(figsize=(3.0 * n + 4.2, 8.6 if table else 4.6), dpi=DPI)
     grid = fig.add_gridspec(2 if table else 1, n + 1, height_ratios=[4.6, 4.0] if table else [1.0],
@@ -109,22 +129,11 @@ def render(picture: Picture, table: bool = True) -> plt.Figure:
     fig.suptitle(BANNER, color="red", fontsize=12, fontweight="bold")
     fig.text(0.01, 0.005, picture.method, fontsize=7)
     if table:
-        ax = fig.add_subplot(grid[1, :])
+        ax = fig.add_subplot(grid[1, :], label="table")
         ax.axis("off")
-        d = 1 if picture.window[1] - picture.window[0] >= 20 else 2
-        rows = [["LV myocardium" if r.aha is None else f"{r.aha}", f"{r.mean:.{d}f}", f"{r.sd:.{d}f}",
-                 f"±{r.bound:.{d + 1}f}", f"{r.n_pixels}", "; ".join(r.flags)[:60]] for r in picture.regions]
-        header = ["segment", f"mean ({picture.unit})", f"SD ({picture.unit})",
-                  f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
-        # one monospaced text block: a matplotlib Table (a patch and a text per cell) took
-        # half of the drawing time
-        cells = [header, *rows]
-        widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
-        lines = ["  ".join(v.rjust(w) if c and c < 5 else v.ljust(w) for c, (v, w) in enumerate(zip(row, widths)))
-                 for row in cells]
-        lines.insert(1, "-" * len(lines[0]))
-        ax.text(0.5, 1.0, "\n".join(lines), family="monospace", fontsize=7.5, ha="center", va="top",
-                transform=ax.transAxes)
+        if table_text:
+            ax.text(0.5, 1.0, "\n".join(table_lines(picture)), family="monospace", fontsize=TABLE_POINTS,
+                    ha="center", va="top", transform=ax.transAxes)
     return fig
 
 
@@ -139,10 +148,20 @@ def draw(picture: Picture) -> tuple[np.ndarray, bytes, float]:
     """RGB pixels and PNG of the display picture, and the seconds it took (run in a helper process)."""
     import time  # noqa: PLC0415
 
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    rgb = figure_rgb(render(picture))
+    fig = render(picture, table_text=False)
+    box = next(ax for ax in fig.axes if ax.get_label() == "table").get_window_extent()
+    rgb = figure_rgb(fig)
+    # the table's ~1300 characters, set by PIL in one call: matplotlib lays out and renders
+    # each glyph in Python, which was a third of the drawing time
+    image = Image.fromarray(rgb)
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSansMono.ttf"),
+                              round(TABLE_POINTS * DPI / 72))
+    ImageDraw.Draw(image).multiline_text(((box.x0 + box.x1) / 2, rgb.shape[0] - box.y1), "\n".join(
+        table_lines(picture)), fill=(0, 0, 0), font=font, anchor="ma", spacing=3)
+    rgb = np.asarray(image)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return rgb, buf.getvalue(), time.perf_counter() - t0
