@@ -172,3 +172,20 @@ def test_status_reports_health(node_factory, tmp_path):
     node.stop()
     down = run([sys.executable, "-m", "dicom_node", "status", "--config", node.config_path])
     assert down.returncode == 1 and _json.loads(down.stdout)["responding"] is False
+
+
+def test_tracker_wakes_when_the_oldest_open_series_is_due(tmp_path):
+    """The tracker sleeps until a series is due (not a whole check interval past it)."""
+    from dicom_node.series import SeriesTracker
+
+    index = Index(tmp_path / "index.sqlite")
+    tracker = SeriesTracker(index, Config(series=SeriesSection(stable_seconds=10.0, check_interval_s=5.0)))
+    assert tracker._next_wait() == 5.0  # no open series: the interval
+    now = time.time()
+    with index.transaction() as conn:
+        conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
+                     " VALUES ('1.2.3', '1.2', ?, ?), ('1.2.4', '1.2', ?, ?)", (now - 8.0, now - 8.0, now, now))
+    assert 1.9 < tracker._next_wait() < 2.1  # 1.2.3 is due in 2 s
+    with index.transaction() as conn:
+        conn.execute("UPDATE series SET last_received_at = ? WHERE series_uid = '1.2.3'", (now - 30.0,))
+    assert 0 < tracker._next_wait() <= 0.05  # overdue: at once
