@@ -5,7 +5,8 @@ saturation-recovery signal S = M0 (1 - exp(-TS R1)) with the native T1 of blood 
 myocardium taken from the settings (not measured), M0 from the pre-contrast frames,
 linear relaxivity; the arterial input is the LV blood pool of the slice with the largest
 cavity, eroded and restricted to its brightest half at peak (papillary muscles and
-partial volume excluded), converted to plasma concentration with the haematocrit. Each
+partial volume excluded), converted to plasma concentration with the haematocrit; a
+flat-topped (saturated) input has its first pass rebuilt from its unsaturated frames. Each
 slice uses its own frame times (slices are acquired at different moments of the
 heartbeat); the AIF is interpolated onto them. MBF = Fp / (1 - Hct) / density.
 """
@@ -62,16 +63,77 @@ def arterial_input(images: np.ndarray, labels: np.ndarray) -> tuple[int, np.ndar
 PLATEAU_S = 3.5  # a first-pass bolus stays within 5 % of its peak for ~2-3 s; longer = saturated signal
 
 
-def aif_plateau_s(t_s: np.ndarray, aif: np.ndarray) -> float:
-    """How long the AIF stays within 5 % of its peak (contiguously, around the peak)."""
+def _plateau(aif: np.ndarray) -> tuple[int, int]:
+    """First and last frame of the contiguous run within 5 % of the peak (one dip allowed)."""
     peak = int(np.argmax(aif))
     high = aif >= 0.95 * aif[peak]
     lo = hi = peak
     while lo > 0 and high[lo - 1]:
         lo -= 1
-    while hi < len(aif) - 1 and (high[hi + 1] or (hi + 2 < len(aif) and high[hi + 2])):  # one dip allowed
+    while hi < len(aif) - 1 and (high[hi + 1] or (hi + 2 < len(aif) and high[hi + 2])):
         hi += 1
+    return lo, hi
+
+
+def aif_plateau_s(t_s: np.ndarray, aif: np.ndarray) -> float:
+    """How long the AIF stays within 5 % of its peak (contiguously, around the peak)."""
+    lo, hi = _plateau(aif)
     return float(t_s[hi] - t_s[lo])
+
+
+UNSATURATED = 0.8  # frames below this fraction of a flat top are taken as unsaturated
+
+
+def rebuild_first_pass(t_s: np.ndarray, aif: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A flat-topped AIF with its first pass rebuilt from the early frames.
+
+    A gamma variate C(t) = A ((t - t0) / (a b))^a exp(a - (t - t0) / b) (peak A at t0 + a b)
+    is fitted to the frames of the up-slope and of the first down-slope that lie below
+    ``UNSATURATED`` times the plateau (the saturated signal tells nothing above it); the
+    rebuilt curve is the larger of the measured and the fitted one around the plateau.
+    Returns (curve, fitted peak), or None when too few frames constrain the fit or the
+    fit does not rise above the plateau.
+    """
+    from scipy.optimize import least_squares  # noqa: PLC0415
+
+    lo, hi = _plateau(aif)
+    top = float(aif[lo:hi + 1].mean())
+    level = UNSATURATED * top
+    start = lo
+    while start > 0 and aif[start - 1] > 0.05 * top:  # back to the bolus arrival
+        start -= 1
+    up = [k for k in range(max(start - 1, 0), lo) if aif[k] < level]  # from the last frame before arrival
+    down = []
+    for k in range(hi + 1, len(aif)):
+        if aif[k] >= level:
+            continue
+        if down and aif[k] > aif[down[-1]]:  # the first pass is over (recirculation)
+            break
+        down.append(k)
+        if aif[k] < 0.3 * top:
+            break
+    frames = np.array(up + down)
+    if len(up) < 2 or len(down) < 2 or len(frames) < 5:  # four parameters
+        return None
+    t, y = t_s[frames], aif[frames]
+    t_arrival = float(t_s[max(start - 1, 0)])
+
+    def model(q: np.ndarray, tt: np.ndarray) -> np.ndarray:
+        t0, amp, a, b = q
+        x = np.maximum(tt - t0, 0.0)
+        return amp * (x / (a * b)) ** a * np.exp(a - x / b)
+
+    q0 = np.array([t_arrival, 1.5 * top, 2.0, max((t_s[hi] - t_arrival) / 4.0, 0.5)])
+    lower = [t_arrival - 2 * (t_s[1] - t_s[0]), top, 1.0, 0.2]
+    upper = [float(t_s[up[-1]]), 20.0 * top, 8.0, 30.0]
+    q0 = np.clip(q0, np.add(lower, 1e-9), np.subtract(upper, 1e-9))
+    fit = least_squares(lambda q: model(q, t) - y, q0, bounds=(lower, upper))
+    if not fit.success or fit.x[1] <= top:
+        return None
+    rebuilt = aif.copy()
+    span = slice(max(lo - 1, 0), min(hi + 2, len(aif)))
+    rebuilt[span] = np.maximum(aif[span], model(fit.x, t_s[span]))
+    return rebuilt, float(fit.x[1])
 
 
 def baseline_length(curve: np.ndarray, minimum: int = 2) -> int:
@@ -92,14 +154,22 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
     aif_signal = images[k_aif][:, aif_mask].mean(1)
     n_base = baseline_length(aif_signal)
     aif_blood = signal_to_concentration(aif_signal[None], n_base, settings.t1_blood_ms, ts, settings.relaxivity)[0]
-    aif_plasma = aif_blood / (1.0 - settings.hct)
     flags = []
     if aif_signal.max() / max(aif_signal[:n_base].mean(), 1e-9) > 0.98 / (1 - np.exp(-ts / settings.t1_blood_ms)):
         flags.append("AIF near saturation of the signal model: peak concentration underestimated")
     top = aif_plateau_s(t_min[k_aif] * 60.0, aif_blood)
     if top >= PLATEAU_S:
-        flags.append(f"AIF flat-topped for {top:.1f} s (signal saturation of the arterial input likely): "
-                     "flows are overestimated; a pre-bolus or dual-sequence AIF is needed")
+        rebuilt = rebuild_first_pass(t_min[k_aif] * 60.0, aif_blood)
+        if rebuilt is None:
+            flags.append(f"AIF flat-topped for {top:.1f} s (signal saturation of the arterial input likely): "
+                         "flows are overestimated; a pre-bolus or dual-sequence AIF is needed")
+        else:
+            flags.append(f"AIF flat-topped for {top:.1f} s (signal saturation of the arterial input likely): first "
+                         f"pass rebuilt from its unsaturated frames (peak {aif_blood.max():.2f} -> "
+                         f"{rebuilt[1]:.2f} mM blood); flows remain uncertain, a pre-bolus or dual-sequence AIF "
+                         "is better")
+            aif_blood = rebuilt[0]
+    aif_plasma = aif_blood / (1.0 - settings.hct)
     maps = {key: np.full((s, h, w), np.nan) for key in (*PARAMS, *(f"{p}_sd" for p in PARAMS), "mbf", "mbf_sd")}
     concentration = np.zeros((s, t, h, w))
     to_mbf = 1.0 / (1.0 - settings.hct) / settings.density_g_ml
