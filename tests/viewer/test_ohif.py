@@ -103,13 +103,19 @@ def test_study_browser_lists_every_derived_series(study):
 def test_secondary_capture_displays(study):
     from PIL import Image
 
-    dom, shot = _browse(study, f"&SeriesInstanceUIDs={study['objs']['sc'].SeriesInstanceUID}", "sc")
-    assert "cornerstone-canvas" in dom
-    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    viewport = rgb[80:-150, 300:]  # right of the study browser, above the footer banner
-    white = (viewport.min(axis=2) > 240).mean()
-    red = ((viewport[..., 0] > 200) & (viewport[..., 1] < 60) & (viewport[..., 2] < 60)).sum()
-    assert white > 0.15, f"the SC's white canvas covers only {white:.1%} of the viewport"
+    # Chromium's --screenshot fires when its virtual-time budget is spent, whether or not the
+    # 4 MB RGB frame has arrived and been decoded by then (seen in about one run in ten: a
+    # black viewport, "1/0"); a fresh browser gets up to three chances, each judged alike
+    for attempt in range(3):
+        dom, shot = _browse(study, f"&SeriesInstanceUIDs={study['objs']['sc'].SeriesInstanceUID}", f"sc-{attempt}")
+        assert "cornerstone-canvas" in dom
+        rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        viewport = rgb[80:-150, 300:]  # right of the study browser, above the footer banner
+        white = (viewport.min(axis=2) > 240).mean()
+        red = ((viewport[..., 0] > 200) & (viewport[..., 1] < 60) & (viewport[..., 2] < 60)).sum()
+        if white > 0.15:
+            break
+    assert white > 0.15, f"the SC's white canvas covers only {white:.1%} of the viewport (3 browsers)"
     assert red > 200, "the red research-use banner is not visible"
 
 
