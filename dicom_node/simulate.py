@@ -111,18 +111,27 @@ def _slice_position(s: int, n_slices: int, spacing: float, rows: int, cols: int,
     return centre, centre - (cols - 1) / 2 * dx * row - (rows - 1) / 2 * dx * col
 
 
+def _stack_layout(phantom: T2Phantom | PerfusionPhantom, out: Path, pixel_scale: float):
+    """What every instance of a phantom stack shares: orientation, pixel spacing and stored
+    pixels, and per slice its centre and image position (``out`` is created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    row, col = sax_orientation()
+    n_slices, _, rows, cols = phantom.images.shape
+    dx = phantom.pixel_spacing_mm
+    pixels = np.clip(np.rint(phantom.images * pixel_scale), 0, 65535).astype(np.uint16)
+    positions = [_slice_position(s, n_slices, phantom.slice_spacing_mm, rows, cols, dx, row, col)
+                 for s in range(n_slices)]
+    return row, col, dx, pixels, positions
+
+
 def write_t2_series(phantom: T2Phantom, out: Path, seed: int, pixel_scale: float = 1.0,
                     patient_id: str = "PHANTOM01", series_number: int = 401) -> list[Path]:
     """One MR Image Storage instance per slice and preparation time."""
-    out.mkdir(parents=True, exist_ok=True)
-    row, col = sax_orientation()
-    n_slices, n_echoes, rows, cols = phantom.images.shape
-    dx = phantom.pixel_spacing_mm
+    row, col, dx, pixels, positions = _stack_layout(phantom, out, pixel_scale)
+    n_echoes = phantom.images.shape[1]
     now = _dt.datetime(2026, 1, 15, 10, 30, 0)
-    pixels = np.clip(np.rint(phantom.images * pixel_scale), 0, 65535).astype(np.uint16)
     paths = []
-    for s in range(n_slices):
-        centre, ipp = _slice_position(s, n_slices, phantom.slice_spacing_mm, rows, cols, dx, row, col)
+    for s, (centre, ipp) in enumerate(positions):
         for e in range(n_echoes):
             te = _format(phantom.te_ms[e])
             ds = _instance(
@@ -146,15 +155,11 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
     """One instance per slice and dynamic; TriggerTime/AcquisitionTime/TemporalPositionIdentifier
     carry the frame time, ImageComments the saturation-recovery delay ("saturation delay 100 ms";
     InversionTime is reserved to IR sequences)."""
-    out.mkdir(parents=True, exist_ok=True)
-    row, col = sax_orientation()
-    n_slices, frames, rows, cols = phantom.images.shape
-    dx = phantom.pixel_spacing_mm
+    row, col, dx, pixels, positions = _stack_layout(phantom, out, pixel_scale)
+    frames = phantom.images.shape[1]
     start = _dt.datetime(2026, 1, 15, 10, 45, 0)
-    pixels = np.clip(np.rint(phantom.images * pixel_scale), 0, 65535).astype(np.uint16)
     paths = []
-    for s in range(n_slices):
-        centre, ipp = _slice_position(s, n_slices, phantom.slice_spacing_mm, rows, cols, dx, row, col)
+    for s, (centre, ipp) in enumerate(positions):
         for f in range(frames):
             t_s = float(phantom.t_min[s, f] * 60.0)
             ds = _instance(
