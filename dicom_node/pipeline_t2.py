@@ -6,6 +6,7 @@ logged; a series the engine cannot process raises with the reason (the job recor
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -52,8 +53,8 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     # two helper processes ("fit" then times only the wait for them); the PINN trains with
     # torch's threads, here
     if method == "nlls":
-        halves = [render_worker.submit(fit_t2, series.images, series.te_ms, None, method, confidence, None, True,
-                                       0.0, 0, None, (k, 2), lane=k) for k in range(2)]
+        halves = [render_worker.submit(partial(fit_t2, method=method, confidence=confidence, part=(k, 2)),
+                                       series.images, series.te_ms, lane=k) for k in range(2)]
         seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1)
         fit = timed("fit", lambda: merge_fits([half() for half in halves]))
     else:
