@@ -35,7 +35,7 @@ def report_inputs(series, tmp_path):
 
 
 def all_objects(series, tmp_path):
-    from dicom_node.encode.display import Picture, encode_pdf, encode_secondary_capture, figure_rgb, raster_pdf, render
+    from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
     from dicom_node.encode.report import encode_report
 
     first, pm, seg, tracking, regions, ctx = report_inputs(series, tmp_path)
@@ -45,7 +45,7 @@ def all_objects(series, tmp_path):
     labels = series[1]["labels"]
     picture = Picture(anatomy, series[1]["t2_ms"], labels == 2, "T2", "ms", (30.0, 80.0), regions,
                       "pinn-t2 test", 0.95)
-    rgb = figure_rgb(render(picture))
+    rgb = draw(picture)[0]  # the node's own drawing path
     sc = encode_secondary_capture(rgb, first[0], ALG, "T2", 905)
     pdf = encode_pdf(raster_pdf(rgb), first[0], ALG, "T2", 906, "T2 mapping report")
     return first, {"pm": pm, "bound": bound, "seg": seg, "sr": sr, "sc": sc, "pdf": pdf}

@@ -106,13 +106,11 @@ def table_lines(picture: Picture) -> list[str]:
     return lines
 
 
-def render(picture: Picture, table: bool = True, table_text: bool = True) -> plt.Figure:
-    """The display figure, with the per-segment table below it unless ``table`` is False
-    (``table_text`` False: the table's place is left empty, for ``draw`` to fill)."""
+def render(picture: Picture) -> plt.Figure:
+    """The display figure; the per-segment table's place below it is left empty (``draw`` sets it)."""
     n = picture.values.shape[0]
-    fig = plt.figure(figsize=(3.0 * n + 4.2, 8.6 if table else 4.6), dpi=DPI)
-    grid = fig.add_gridspec(2 if table else 1, n + 1, height_ratios=[4.6, 4.0] if table else [1.0],
-                            width_ratios=[3.0] * n + [4.2])
+    fig = plt.figure(figsize=(3.0 * n + 4.2, 8.6), dpi=DPI)
+    grid = fig.add_gridspec(2, n + 1, height_ratios=[4.6, 4.0], width_ratios=[3.0] * n + [4.2])
     cmap = plt.get_cmap("turbo")
     lo, hi = picture.window
     for k in range(n):
@@ -128,12 +126,7 @@ def render(picture: Picture, table: bool = True, table_text: bool = True) -> plt
     _bullseye(fig.add_subplot(grid[0, n]), picture.regions, picture.window, cmap)
     fig.suptitle(BANNER, color="red", fontsize=12, fontweight="bold")
     fig.text(0.01, 0.005, picture.method, fontsize=7)
-    if table:
-        ax = fig.add_subplot(grid[1, :], label="table")
-        ax.axis("off")
-        if table_text:
-            ax.text(0.5, 1.0, "\n".join(table_lines(picture)), family="monospace", fontsize=TABLE_POINTS,
-                    ha="center", va="top", transform=ax.transAxes)
+    fig.add_subplot(grid[1, :], label="table").axis("off")
     return fig
 
 
@@ -151,7 +144,7 @@ def draw(picture: Picture) -> tuple[np.ndarray, bytes, float]:
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    fig = render(picture, table_text=False)
+    fig = render(picture)
     box = next(ax for ax in fig.axes if ax.get_label() == "table").get_window_extent()
     rgb = figure_rgb(fig)
     # the table's ~1300 characters, set by PIL in one call: matplotlib lays out and renders
