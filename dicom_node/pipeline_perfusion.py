@@ -12,9 +12,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from dicom_node import __version__, render_worker
+from dicom_node import __version__
 from dicom_node.encode.common import Algorithm
-from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
+from dicom_node.encode.display import Picture
 from dicom_node.encode.parametric_map import (
     FLOW_PER_ML,
     FRACTION,
@@ -30,7 +30,7 @@ from dicom_node.encode.parametric_map import (
 )
 from dicom_node.encode.report import RegionResult, ReportContext
 from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
-from dicom_node.pipeline_steps import Deliver, Outcome, Steps, submit_report
+from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from dicom_node.series_io import PerfusionSeries, SeriesError
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion.quantify import PerfusionSettings, quantify
@@ -144,7 +144,6 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, mbf_map_spec(), algorithm),
                            regions, ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
                            timings=timings)
-    drawn = render_worker.submit(draw, picture)
 
     def encode() -> None:
         objects["mbf"] = encode_parametric_map(sources, np.nan_to_num(mbf), mbf_map_spec(), algorithm,
@@ -154,22 +153,9 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
                                                   algorithm, SERIES_NUMBERS[name])
         objects["seg"], _ = encode_segmentation(sources, labels, aha.labels, algorithm, SERIES_NUMBERS["seg"])
 
-    timed("encode", encode)
-    if deliver is not None:  # stored and sent while the helpers draw and build the report
-        timed("deliver_early", deliver, dict(objects))
-
-    def display() -> dict[str, bytes]:
-        rgb, png, seconds = drawn()
-        timings["display_draw"] = round(seconds, 3)
-        objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "MBF", SERIES_NUMBERS["sc"])
-        objects["pdf"] = encode_pdf(raster_pdf(rgb), sources[0], algorithm, "MBF", SERIES_NUMBERS["pdf"],
-                                    "Myocardial perfusion report (research use)")
-        return {"mbf_display.png": png}
-
-    pictures = timed("display", display)
-    if deliver is not None:  # while the report is still being built
-        timed("deliver_display", deliver, {k: objects[k] for k in ("sc", "pdf")})
-    objects["sr"] = timed("report", report)
+    copies = DisplayCopies("MBF", SERIES_NUMBERS["sc"], SERIES_NUMBERS["pdf"],
+                           "Myocardial perfusion report (research use)", "mbf_display.png")
+    pictures = encode_and_deliver(timed, objects, encode, picture, report, sources[0], algorithm, copies, deliver)
     summary = {
         "kind": "perfusion",
         "segments": summary_segments,

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node import render_worker
 from dicom_node.encode.common import Algorithm, dataset_bytes, dataset_from_bytes, header_only
+from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
 from dicom_node.encode.report import RegionResult, ReportContext, encode_report
 from dicom_node.logs import log_event
 
@@ -73,3 +74,41 @@ def _encoded_report(*args) -> tuple[bytes, float]:
     t0 = time.perf_counter()
     # bytes cross the process boundary ~10x faster than a pickled tree of content items
     return dataset_bytes(encode_report(*args)), time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class DisplayCopies:
+    kind: str  # the quantity shown, e.g. "T2", "MBF"
+    sc_series_number: int
+    pdf_series_number: int
+    pdf_title: str
+    png_name: str  # the picture's name among the outcome's pictures
+
+
+def encode_and_deliver(timed: Steps, objects: dict[str, Dataset], encode: Callable[[], None], picture: Picture,
+                       report: Callable[[], Dataset], source: Dataset, algorithm: Algorithm, copies: DisplayCopies,
+                       deliver: Deliver | None) -> dict[str, bytes]:
+    """Make the remaining derived objects in the order that keeps both cores busy; return the pictures.
+
+    With the report already building in one helper (``submit_report``), the picture is drawn
+    in the other while ``encode`` makes the maps and SEG, which go to ``deliver`` at once;
+    then the display copies (delivered too), and last the report.
+    """
+    drawn = render_worker.submit(draw, picture)
+    timed("encode", encode)
+    if deliver is not None:  # stored and sent while the helpers draw and build the report
+        timed("deliver_early", deliver, dict(objects))
+
+    def display() -> dict[str, bytes]:
+        rgb, png, seconds = drawn()
+        timed.timings["display_draw"] = round(seconds, 3)  # in a helper, overlapping "encode"
+        objects["sc"] = encode_secondary_capture(rgb, source, algorithm, copies.kind, copies.sc_series_number)
+        objects["pdf"] = encode_pdf(raster_pdf(rgb), source, algorithm, copies.kind, copies.pdf_series_number,
+                                    copies.pdf_title)
+        return {copies.png_name: png}
+
+    pictures = timed("display", display)
+    if deliver is not None:  # while the report is still being built
+        timed("deliver_display", deliver, {k: objects[k] for k in ("sc", "pdf")})
+    objects["sr"] = timed("report", report)
+    return pictures

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from dicom_node import __version__, render_worker
 from dicom_node.encode.common import Algorithm
-from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
+from dicom_node.encode.display import Picture
 from dicom_node.encode.parametric_map import (
     T2_CODE,
     T2_UNIT,
@@ -26,7 +26,7 @@ from dicom_node.encode.parametric_map import (
 )
 from dicom_node.encode.report import RegionResult, ReportContext
 from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
-from dicom_node.pipeline_steps import Deliver, Outcome, Steps, submit_report
+from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from dicom_node.series_io import SeriesError, T2Series
 from pinn_engine.aha import assign_aha
 from pinn_engine.t2 import Flag, fit_t2, merge_fits, region_statistics
@@ -107,7 +107,6 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, t2_map_spec(), algorithm),
                            regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
                            SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
-    drawn = render_worker.submit(draw, picture)
 
     def encode() -> None:
         objects["pm"] = encode_parametric_map(sources, fit.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
@@ -116,22 +115,9 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                                                  SERIES_NUMBERS["bound"])
         objects["seg"], _ = encode_segmentation(sources, labels, measured, algorithm, SERIES_NUMBERS["seg"])
 
-    timed("encode", encode)
-    if deliver is not None:  # stored and sent while the helpers draw and build the report
-        timed("deliver_early", deliver, dict(objects))
-
-    def display() -> dict[str, bytes]:
-        rgb, png, seconds = drawn()
-        timings["display_draw"] = round(seconds, 3)  # in a helper, overlapping "encode"
-        objects["sc"] = encode_secondary_capture(rgb, sources[0], algorithm, "T2", SERIES_NUMBERS["sc"])
-        objects["pdf"] = encode_pdf(raster_pdf(rgb), sources[0], algorithm, "T2",
-                                    SERIES_NUMBERS["pdf"], "T2 mapping report (research use)")
-        return {"t2_display.png": png}
-
-    pictures = timed("display", display)
-    if deliver is not None:  # while the report is still being built
-        timed("deliver_display", deliver, {k: objects[k] for k in ("sc", "pdf")})
-    objects["sr"] = timed("report", report)
+    copies = DisplayCopies("T2", SERIES_NUMBERS["sc"], SERIES_NUMBERS["pdf"], "T2 mapping report (research use)",
+                           "t2_display.png")
+    pictures = encode_and_deliver(timed, objects, encode, picture, report, sources[0], algorithm, copies, deliver)
     flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[labels == 2].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
     summary = {
         "kind": "t2",
