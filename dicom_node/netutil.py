@@ -3,26 +3,90 @@
 from __future__ import annotations
 
 import socket
+import time
 
 from pynetdicom import evt
+from pynetdicom.dul import DULServiceProvider
 
 
 def _set_nodelay(event: evt.Event) -> None:
-    """Disable Nagle's algorithm on the association's socket.
+    """Tune the association's socket for request/response traffic.
 
-    Without it each C-STORE response can wait ~40 ms for the peer's delayed ACK.
+    - Nagle's algorithm off: without it each C-STORE response can wait ~40 ms for the
+      peer's delayed ACK.
+    - Quick ACKs, re-armed after every read (Linux resets them): a peer that keeps Nagle
+      on (DCMTK does unless TCP_NODELAY=1 is in its environment, so Orthanc and most
+      PACS) writes a PDU's header and body separately and holds the second write until
+      the first is acknowledged; a delayed ACK costs each C-STORE ~40 ms. Measured with
+      the node sending a 96 kB SR to storescp: 67 -> 25 ms per C-STORE.
+    - The adaptive DUL poll below.
     """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    wrapper = getattr(event.assoc.dul, "socket", None)
+    sock = getattr(wrapper, "socket", None)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-    # pynetdicom's DUL thread sleeps this long between polls when idle (default 1 ms),
-    # which bounds per-message latency; a shorter poll roughly doubles C-STORE throughput
-    # for a modest idle cost while an association is open.
-    if hasattr(event.assoc.dul, "_run_loop_delay"):
-        event.assoc.dul._run_loop_delay = 0.0002
+        if _QUICKACK is not None and not getattr(wrapper, "_quickack", False):
+            read = wrapper.recv
+
+            def recv(nr_bytes: int):
+                data = read(nr_bytes)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                except OSError:
+                    pass
+                return data
+
+            wrapper.recv = recv
+            wrapper._quickack = True
+    dul = event.assoc.dul
+    if isinstance(dul, DULServiceProvider) and not isinstance(dul, _AdaptivePollDUL):
+        dul.__class__ = _AdaptivePollDUL
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+class _AdaptivePollDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor with a poll interval that follows the traffic.
+
+    The reactor sleeps a fixed 1 ms between polls when it has nothing to do. That sleep
+    bounds the per-message latency, so while PDUs flow it polls every 0.2 ms (roughly
+    doubling C-STORE throughput); once the association has been quiet for ``QUIET_S`` it
+    polls every ``IDLE_DELAY_S``, so that an open but idle association (a PACS keeps one
+    for a second after its last send) costs 0.08 instead of 0.18 of a core while the
+    engine needs both (the rest is pynetdicom's association thread, which polls every ms).
+    """
+
+    BUSY_DELAY_S = 0.0002
+    IDLE_DELAY_S = 0.004
+    QUIET_S = 0.1
+
+    @property
+    def _run_loop_delay(self) -> float:
+        last = getattr(self, "_last_activity", None)
+        if last is None or time.monotonic() - last < self.QUIET_S:
+            return self.BUSY_DELAY_S
+        return self.IDLE_DELAY_S
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        # pynetdicom's __init__ assigns its fixed delay; the property decides instead.
+        pass
+
+    def _process_recv_primitive(self) -> bool:
+        sent = super()._process_recv_primitive()
+        if sent:
+            self._last_activity = time.monotonic()
+        return sent
+
+    def _is_transport_event(self) -> bool:
+        received = super()._is_transport_event()
+        if received:
+            self._last_activity = time.monotonic()
+        return received
 
 
 NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _set_nodelay)]

@@ -198,7 +198,11 @@ def test_eight_concurrent_associations(node, tmp_path):
 
 
 def test_accepted_sockets_use_tcp_nodelay(tmp_path, dcmtk):
+    """Nagle off, and a DUL poll that is quick while PDUs flow and slows once the association idles."""
+    import time
+
     from dicom_node.config import Config, NodeSection
+    from dicom_node.netutil import _AdaptivePollDUL
     from dicom_node.node import Node
     from tests.helpers import free_port
 
@@ -214,6 +218,15 @@ def test_accepted_sockets_use_tcp_nodelay(tmp_path, dcmtk):
         assert server_assocs
         server_sock = server_assocs[0].dul.socket.socket
         assert server_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        dul = server_assocs[0].dul
+        assert isinstance(dul, _AdaptivePollDUL)
+        dul.QUIET_S = 30.0  # no slow test machine can make this idle
+        assert assoc.send_c_echo().Status == 0
+        assert dul._run_loop_delay == dul.BUSY_DELAY_S
+        dul.QUIET_S = 0.05
+        time.sleep(0.2)
+        assert dul._run_loop_delay == dul.IDLE_DELAY_S
+        assert assoc.send_c_echo().Status == 0  # answered after an idle spell
         assoc.release()
         ae.shutdown()
     finally:

@@ -1,10 +1,14 @@
 """TID 1500 Measurement Report (Comprehensive SR) with per-region values and their error bounds.
 
 One TID 1411 group for the LV myocardium and one per AHA segment: mean (derivation Mean)
-with its bound as TID 310 '+/-' (371884006, SCT) in the quantity's unit, the spatial SD
-(derivation Standard Deviation), pixel count and area, the referenced SEG segment, the
-source images, the Parametric Map frames the values come from, the algorithm identity and
-parameters (confidence level, noise sigma, ...), and QC flags as text comments.
+with its bound as TID 310 '+/-' (371884006, SCT) in the quantity's unit and the Parametric
+Map frames it comes from, the spatial SD (derivation Standard Deviation), the area, the
+referenced SEG segment, the source images, the algorithm identity and parameters
+(confidence level, noise sigma, ...), and QC flags as text comments.
+
+Nothing is stated twice (a pixel count beside the area, the SD's frames beside the
+mean's): highdicom's SR constructor costs ~2 ms per content item, and the report is the
+last object a job waits for.
 """
 
 from __future__ import annotations
@@ -22,10 +26,6 @@ from dicom_node.encode.common import HEART, MANUFACTURER, MODEL_NAME, Algorithm,
 from dicom_node.encode.segmentation import aha_code
 
 UNCERTAINTY = Code("371884006", "SCT", "+/-, range of measurement uncertainty")
-# no standard concept for a pixel count exists; a private scheme makes validators warn,
-# so the count is a generic "Quantity" in the UCUM annotation unit {pixels}
-PIXEL_COUNT = Code("246205007", "SCT", "Quantity")
-PIXELS = Code("{pixels}", "UCUM", "pixels")
 AREA = Code("42798000", "SCT", "Area")
 MM2 = Code("mm2", "UCUM", "square millimeter")
 CARDIAC_MRI = Code("241620005", "SCT", "Cardiac MRI")
@@ -74,7 +74,7 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
                                  relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)
     mean[0].ContentSequence.append(bound)
     spread = hd.sr.Measurement(name=ctx.quantity, value=region.sd, unit=ctx.unit,
-                               derivation=codes.SCT.StandardDeviation, referenced_images=source_pm)
+                               derivation=codes.SCT.StandardDeviation)
     others = []
     for quantity, unit, value, plus_minus in region.others:
         item = hd.sr.Measurement(name=quantity, value=value, unit=unit)
@@ -83,7 +83,6 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
         item[0].ContentSequence.append(hd.sr.NumContentItem(
             name=UNCERTAINTY, value=plus_minus, unit=unit, relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
         others.append(item)
-    count = hd.sr.Measurement(name=PIXEL_COUNT, value=region.n_pixels, unit=PIXELS)
     area = hd.sr.Measurement(name=AREA, value=region.area_mm2, unit=MM2)
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -97,7 +96,7 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
         finding_category=codes.SCT.AnatomicalStructure,
         finding_sites=[hd.sr.FindingSite(HEART)],
         algorithm_id=algo,
-        measurements=[mean, spread, *others, count, area],
+        measurements=[mean, spread, *others, area],
     )
     for flag in region.flags:
         group[0].ContentSequence.append(

@@ -30,9 +30,6 @@ from scipy import stats
 from pinn_engine.t2.model import fisher_t2_factor
 from pinn_engine.t2.nlls import R_MAX, R_MIN
 
-_BISECT_STEPS = 40
-
-
 @dataclass
 class ConsistencySet:
     lo_ms: np.ndarray  # lower end of C (T2), ms
@@ -57,14 +54,18 @@ def score_statistic(y: np.ndarray, te: np.ndarray, rate: np.ndarray) -> np.ndarr
 
 
 def _crossing(inside, r_in: np.ndarray, r_out: np.ndarray, steps: int) -> np.ndarray:
-    """Bisection in log R between r_in (inside) and r_out (outside) of a set."""
+    """Bisection in log R between r_in (inside) and r_out (outside) of a set.
+
+    Returns the outside end of the final bracket, so that the bisection's error can only
+    widen the set (and the bound), never narrow it.
+    """
     lo, hi = np.log(r_in), np.log(r_out)
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
         ins = inside(np.exp(mid))
         lo = np.where(ins, mid, lo)
         hi = np.where(ins, hi, mid)
-    return np.exp(lo)
+    return np.exp(hi)
 
 
 def _outer_end(inside, r_hat: np.ndarray, r_guess: np.ndarray, r_limit: np.ndarray, grid: int = 12) -> np.ndarray:
@@ -77,12 +78,14 @@ def _outer_end(inside, r_hat: np.ndarray, r_guess: np.ndarray, r_limit: np.ndarr
     guess_inside = inside(r_guess)
     outer = np.where(guess_inside, r_limit, r_guess)
     inner = np.where(guess_inside, r_guess, r_hat)
-    # a bracket of a few SDs needs 18 halvings, the full range 40: each pixel gets its own
-    # (the full-range ones are few, and bisecting everything 40 times was a third of the fit)
-    end = _crossing(inside, inner, outer, 18)
+    # halvings to <= 2e-4 of log R (the bound widens by < 0.05 %; on the simulated 192^2
+    # series by 0.04 ms at most): 14 for a bracket of a few SDs (at most 3), 30 for the
+    # full range; each pixel gets its own (the full-range ones are few, and bisecting
+    # everything 40 times was a third of the fit)
+    end = _crossing(inside, inner, outer, 14)
     wide = np.flatnonzero(guess_inside)
     if wide.size:
-        end[wide] = _crossing(lambda rate: inside(rate, wide), inner[wide], outer[wide], 40)
+        end[wide] = _crossing(lambda rate: inside(rate, wide), inner[wide], outer[wide], 30)
     log_end, log_lim = np.log(end), np.log(r_limit)
     for i in range(1, grid + 1):
         f, f_next = i / grid, min((i + 1) / grid, 1.0)
