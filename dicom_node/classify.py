@@ -10,7 +10,10 @@ Rules (first match wins):
    readouts carry the readout TE), a "T2prep <n>" / "T2 preparation <n> ms" value in the
    sequence name or image comments;
 5. perfusion: >= 10 instances per slice position with varying TriggerTime /
-   AcquisitionTime / TemporalPositionIdentifier at constant echo time.
+   AcquisitionTime / TemporalPositionIdentifier at constant echo time; a dynamic series
+   whose description or protocol says pre-bolus / low dose / test bolus is a "prebolus"
+   (not processed itself: the perfusion job of the same study takes its arterial input
+   from it).
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ from pydicom.dataset import Dataset
 MR_STORAGE = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}
 _T2PREP_RE = re.compile(r"t2\s*-?\s*prep(?:aration)?\D{0,6}?(\d+(?:\.\d+)?)", re.IGNORECASE)
 _ASL_RE = re.compile(r"\b(p?c?asl|arterial spin|label|control)\b", re.IGNORECASE)
+# letters must not touch the words, but "_" may (vendor names like "perf_LOW_DOSE")
+_PREBOLUS_RE = re.compile(r"(?<![a-z])(pre[-_ ]?bolus|low[-_ ]?dose|test[-_ ]?bolus)(?![a-z])", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # t2 | perfusion | asl | other
+    kind: str  # t2 | perfusion | prebolus | asl | other
     series_description: str | None = None  # regular expressions
     protocol_name: str | None = None
     sop_class_uid: str | None = None
@@ -103,5 +108,8 @@ def classify(headers: Sequence[Dataset], rules: Iterable[Rule] = ()) -> Classifi
     temporal = {str(d.get(k, "")) for d in headers for k in ("TriggerTime", "AcquisitionTime",
                                                               "TemporalPositionIdentifier")}
     if min(per_pos) >= 10 and len(echo_times) == 1 and len(temporal) > 2:
-        return Classification("perfusion", f"{len(by_position)} slice positions x {min(per_pos)} dynamics")
+        what = f"{len(by_position)} slice positions x {min(per_pos)} dynamics"
+        if _PREBOLUS_RE.search(text):
+            return Classification("prebolus", f"{what}, pre-bolus in the description")
+        return Classification("perfusion", what)
     return Classification("other", "neither multi-echo T2 preparation nor a dynamic series")

@@ -180,7 +180,18 @@ def _cmd_process(args: argparse.Namespace) -> int:
         except Exception:
             continue
     progress("classify")
-    kind = classify(headers)
+    groups: dict[str, list[int]] = {}
+    for i, h in enumerate(headers):
+        groups.setdefault(str(h.get("SeriesInstanceUID", "")), []).append(i)
+    kinds = {uid: classify([headers[i] for i in idx]) for uid, idx in groups.items()}
+    prebolus_uids = [uid for uid, k in kinds.items() if k.kind == "prebolus"]
+    main_uids = [uid for uid, k in kinds.items() if k.kind != "prebolus"]
+    if len(main_uids) != 1:
+        print(f"\ndicom-node process: the folder holds {len(main_uids)} series besides pre-bolus series; give it "
+              "one (a perfusion series may come with its pre-bolus series)", file=sys.stderr)
+        return 1
+    kind = kinds[main_uids[0]]
+    all_paths, paths = paths, [paths[i] for i in groups[main_uids[0]]]
     if kind.kind not in ("t2", "perfusion"):
         print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); T2 and perfusion series are "
               "processed", file=sys.stderr)
@@ -195,11 +206,21 @@ def _cmd_process(args: argparse.Namespace) -> int:
             outcome = process_t2(load_t2_series(paths), method=args.method, confidence=args.confidence,
                                  progress=progress)
         else:
-            from dicom_node.pipeline_perfusion import process_perfusion  # noqa: PLC0415
+            from dicom_node.pipeline_perfusion import PreBolusSeries, header_dose_ratio, process_perfusion  # noqa: PLC0415
             from dicom_node.series_io import load_perfusion_series  # noqa: PLC0415
 
-            steps[3:6] = ["segment", "register", "segment_registered", "aha", "fit"]
-            outcome = process_perfusion(load_perfusion_series(paths), progress=progress)
+            steps[3:6] = ["segment", "register", "segment_registered", "aha", "prebolus", "fit"]
+            series = load_perfusion_series(paths)
+            prebolus = None
+            if prebolus_uids:
+                pre = load_perfusion_series([all_paths[i] for i in groups[prebolus_uids[-1]]])
+                ratio = header_dose_ratio(series.sources[0], pre.sources[0])
+                if ratio is None and not args.prebolus_dose_ratio:
+                    print("\ndicom-node process: the pre-bolus series' dose ratio is unknown (no contrast dose in "
+                          "the headers): give --prebolus-dose-ratio", file=sys.stderr)
+                    return 1
+                prebolus = PreBolusSeries(pre, *(ratio or (args.prebolus_dose_ratio, "--prebolus-dose-ratio")))
+            outcome = process_perfusion(series, progress=progress, prebolus=prebolus)
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)
         return 1
@@ -243,10 +264,13 @@ def _cmd_simulate_perfusion(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     phantom = simulate_perfusion(out, seed=args.seed, snr=args.snr, slices=args.slices, frames=args.frames,
-                                 matrix=args.matrix, ischaemia=not args.no_ischaemia)
+                                 matrix=args.matrix, ischaemia=not args.no_ischaemia, r2star=args.r2star,
+                                 prebolus=args.prebolus)
     s, f = phantom.images.shape[:2]
     print(f"wrote {s * f} MR instances ({s} slices x {f} dynamics, {args.matrix}x{args.matrix}, SNR {args.snr:g}, "
           f"{'an ischaemic sector at 40 % flow' if not args.no_ischaemia else 'no ischaemia'}) and truth.npz to {out}")
+    if args.prebolus:
+        print(f"wrote the pre-bolus series (a tenth of the dose, 40 dynamics) to {out / 'prebolus'}")
     return 0
 
 
@@ -307,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--frames", type=int, default=60, help="dynamics, one per second")
     pf.add_argument("--matrix", type=int, default=128)
     pf.add_argument("--no-ischaemia", action="store_true", help="no low-flow sector")
+    pf.add_argument("--r2star", type=float, default=0.0,
+                    help="T2* relaxivity (1/s/mM) of the blood signal: >0 flattens the full-dose arterial input")
+    pf.add_argument("--prebolus", action="store_true",
+                    help="also write a pre-bolus series (a tenth of the dose) of the same study to OUT/prebolus")
     pf.set_defaults(func=_cmd_simulate_perfusion)
 
     pr = sub.add_parser("process", help="run the whole pipeline offline on a folder holding one series")
@@ -314,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="output folder: derived objects, summary.json, pictures")
     pr.add_argument("--method", choices=["pinn", "nlls"], default="pinn")
     pr.add_argument("--confidence", type=float, default=0.95)
+    pr.add_argument("--prebolus-dose-ratio", type=float, default=0.0,
+                    help="main / pre-bolus dose, when a pre-bolus series in the folder does not state its dose")
     pr.set_defaults(func=_cmd_process)
 
     st = sub.add_parser("status", help="health: responding, queue depth, failed jobs, disk space, last success")

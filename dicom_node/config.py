@@ -113,6 +113,9 @@ class EngineSection:
     hematocrit: float = 0.45  # MBF = Fp / (1 - Hct) / density
     myocardial_density_g_ml: float = 1.05
     saturation_delay_ms: float = 100.0  # perfusion SR delay when the headers carry none
+    # main / pre-bolus contrast dose when the headers do not say (ContrastBolusTotalDose or
+    # ContrastBolusVolume in both series); 0: a pre-bolus series without doses is not used
+    prebolus_dose_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -277,8 +280,9 @@ def parse_config(raw: dict[str, Any]) -> Config:
 
     rules = []
     for i, rule in enumerate(_table_array(raw, "classify", ClassifyRule)):
-        if rule.kind not in ("t2", "perfusion", "asl", "other"):
-            raise ConfigError(f"[[classify]] #{i + 1}: kind must be t2, perfusion, asl or other, got {rule.kind!r}")
+        if rule.kind not in ("t2", "perfusion", "prebolus", "asl", "other"):
+            raise ConfigError(f"[[classify]] #{i + 1}: kind must be t2, perfusion, prebolus, asl or other, "
+                              f"got {rule.kind!r}")
         if not (rule.series_description or rule.protocol_name or rule.sop_class_uid):
             raise ConfigError(f"[[classify]] #{i + 1}: give series_description, protocol_name or sop_class_uid")
         for pattern in (rule.series_description, rule.protocol_name):
@@ -298,6 +302,9 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"[engine] t2_method must be 'pinn' or 'nlls', got {engine.t2_method!r}")
     if not 0.5 < engine.confidence < 1.0:
         raise ConfigError(f"[engine] confidence must be in (0.5, 1), got {engine.confidence}")
+    if engine.prebolus_dose_ratio and not 1.0 < engine.prebolus_dose_ratio <= 100.0:
+        raise ConfigError(f"[engine] prebolus_dose_ratio must be 0 (unknown) or in (1, 100], "
+                          f"got {engine.prebolus_dose_ratio}")
 
     security: SecuritySection = sections.get("security", SecuritySection())
     for ae in security.allowed_calling_aes:

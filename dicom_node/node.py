@@ -147,6 +147,7 @@ class Node:
             return JOB_KIND_T2
         if kind.kind == "perfusion":
             return JOB_KIND_PERFUSION
+        # a pre-bolus series is not quantified itself: the perfusion job of its study uses it
         return JOB_KIND_FORWARD if self.config.routing.forward_series_to else None
 
     def forward_series(self, job: Job) -> str:
@@ -181,10 +182,62 @@ class Node:
         settings = PerfusionSettings(hct=engine.hematocrit, density_g_ml=engine.myocardial_density_g_ml,
                                      saturation_delay_ms=engine.saturation_delay_ms, method=engine.perfusion_method)
         early = _EarlyDelivery(self)
-        outcome = process_perfusion(load_perfusion_series(self._series_paths(job)), settings, self.segmenter(),
-                                    deliver=early)
+        series = load_perfusion_series(self._series_paths(job))
+        outcome = process_perfusion(series, settings, self.segmenter(), deliver=early,
+                                    prebolus=self._find_prebolus(job.series_uid or "", series))
         return self._deliver(job, outcome, "perfusion.processed", early,
                              global_mbf_ml_min_g=outcome.summary["global"]["mbf_ml_min_g"])
+
+    def _find_prebolus(self, series_uid: str, series):
+        """The latest pre-bolus series of the same study acquired before ``series``, if any.
+
+        Its dose ratio comes from the headers (the same contrast dose attribute in both
+        series) or from ``[engine] prebolus_dose_ratio``; without either it is not used.
+        """
+        from dicom_node.classify import Rule, classify  # noqa: PLC0415
+        from dicom_node.pipeline_perfusion import PreBolusSeries, header_dose_ratio  # noqa: PLC0415
+        from dicom_node.series_io import SeriesError, frame_time_s, load_perfusion_series, read_headers  # noqa: PLC0415
+
+        study = self.index.series_instances(series_uid)[0].study_uid
+        by_series: dict[str, list[Path]] = {}
+        for inst in self.index.instances_where("study_uid", [study]):
+            if inst.series_uid != series_uid:
+                by_series.setdefault(inst.series_uid, []).append(self.store.abspath(inst.path))
+        rules = [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
+                 for r in self.config.classify]
+        start = frame_time_s(series.sources[0])
+        candidates = []
+        for uid, paths in by_series.items():
+            try:
+                headers = read_headers(paths)
+            except Exception:  # noqa: BLE001 - an unreadable series is simply not a candidate
+                continue
+            if classify(headers, rules).kind != "prebolus":
+                continue
+            began = min((frame_time_s(h) or 0.0) for h in headers)
+            if start is None or began <= start:
+                candidates.append((began, uid, paths))
+        if not candidates:
+            return None
+        _, uid, paths = max(candidates)
+        try:
+            pre = load_perfusion_series(paths)
+        except SeriesError as exc:
+            log_event(LOG, "perfusion.prebolus_unusable", logging.WARNING, series_uid=uid, error=str(exc))
+            return None
+        from_headers = header_dose_ratio(series.sources[0], pre.sources[0])
+        if from_headers is not None:
+            ratio, source = from_headers
+        elif self.config.engine.prebolus_dose_ratio:
+            ratio, source = self.config.engine.prebolus_dose_ratio, "[engine] prebolus_dose_ratio"
+        else:
+            log_event(LOG, "perfusion.prebolus_unusable", logging.WARNING, series_uid=uid,
+                      error="dose ratio unknown: the headers state no contrast dose and "
+                            "[engine] prebolus_dose_ratio is 0")
+            return None
+        log_event(LOG, "perfusion.prebolus", series_uid=series_uid, prebolus_series_uid=uid, dose_ratio=ratio,
+                  dose_source=source)
+        return PreBolusSeries(pre, ratio, source)
 
     def _series_paths(self, job: Job) -> list[Path]:
         return [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]

@@ -6,6 +6,7 @@ a series the engine cannot process raises SeriesError with the reason (the job r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -30,14 +31,76 @@ from dicom_node.encode.parametric_map import (
 )
 from dicom_node.encode.report import RegionResult, ReportContext
 from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
+from dicom_node.classify import slice_key
 from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from dicom_node.series_io import PerfusionSeries, SeriesError
 from pinn_engine.aha import assign_aha
-from pinn_engine.perfusion.quantify import PerfusionSettings, quantify
+from pinn_engine.perfusion.prebolus import PreBolus
+from pinn_engine.perfusion.quantify import PerfusionSettings, aif_slice, quantify
 from pinn_engine.perfusion.registration import register_dynamics
 
 SERIES_NUMBERS = {"mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206, "sc": 9207, "pdf": 9208}
 Z95 = 1.959964  # the reported +/- is the 95 % interval of the fit (delta method)
+
+
+@dataclass(frozen=True)
+class PreBolusSeries:
+    """A pre-bolus series of the same study, for the arterial input (see pinn_engine.perfusion.prebolus)."""
+
+    series: PerfusionSeries
+    dose_ratio: float  # main / pre-bolus contrast dose
+    dose_source: str  # where the ratio came from (headers, configuration)
+
+
+def contrast_dose(ds: Dataset) -> tuple[str, float] | None:
+    """(keyword, value) of the contrast dose the headers state, if any."""
+    for keyword in ("ContrastBolusTotalDose", "ContrastBolusVolume"):
+        try:
+            value = float(ds.get(keyword, "") or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return keyword, value
+    return None
+
+
+def header_dose_ratio(main: Dataset, pre: Dataset) -> tuple[float, str] | None:
+    """Main / pre-bolus dose from the same dose attribute in both series, if they carry one."""
+    a, b = contrast_dose(main), contrast_dose(pre)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return a[1] / b[1], f"{a[0]} {a[1]:g} / {b[1]:g}"
+
+
+def _aligned_prebolus(pre: PreBolusSeries, series: PerfusionSeries, registered: np.ndarray,
+                      labels: np.ndarray) -> tuple[PreBolus | None, str]:
+    """The pre-bolus dynamics at the AIF slice's position, registered to that slice, or why not."""
+    k = aif_slice(labels)
+    position = slice_key(series.sources[k])
+    tolerance = 0.5 * float(series.sources[k].get("SliceThickness", 4.0) or 4.0)
+    keys = [slice_key(d) for d in pre.series.sources]
+    match = [j for j, key in enumerate(keys) if key is not None and position is not None
+             and abs(key - position) <= tolerance]
+    if not match:
+        return None, f"the pre-bolus series has no slice at the AIF slice's position ({position} mm)"
+    j = min(match, key=lambda i: abs(keys[i] - position))
+    frames = pre.series.images[j]
+    if frames.shape[1:] != registered.shape[2:] or not np.allclose(pre.series.pixel_spacing_mm,
+                                                                   series.pixel_spacing_mm, rtol=1e-3):
+        return None, "the pre-bolus series has another matrix or pixel spacing"
+    if not np.allclose(np.asarray(pre.series.sources[j].ImageOrientationPatient, float),
+                       np.asarray(series.sources[k].ImageOrientationPatient, float), atol=1e-3):
+        return None, "the pre-bolus series has another slice orientation"
+    # every pre-bolus frame to the main slice's reference frame (peak total signal), with
+    # the same rigid mutual-information registration the main frames had: it tolerates the
+    # lower enhancement, and the breath-hold of the pre-bolus differs from the main one
+    reference = registered[k][int(np.argmax(registered[k].reshape(registered.shape[1], -1).sum(1)))]
+    moved, _ = register_dynamics(np.concatenate([reference[None], frames]), series.pixel_spacing_mm, reference=0,
+                                 roi=_heart_roi(labels[k], 15))
+    try:
+        return PreBolus(moved[1:], pre.series.t_min[j], pre.dose_ratio, pre.series.saturation_delay_ms), ""
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
@@ -48,8 +111,13 @@ def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
 
 
 def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = PerfusionSettings(), segmenter=None,
-                      progress: Callable[[str], None] | None = None, deliver: Deliver | None = None) -> Outcome:
-    """Run the whole perfusion chain on a loaded series (``deliver``: as for ``process_t2``)."""
+                      progress: Callable[[str], None] | None = None, deliver: Deliver | None = None,
+                      prebolus: PreBolusSeries | None = None) -> Outcome:
+    """Run the whole perfusion chain on a loaded series (``deliver``: as for ``process_t2``).
+
+    ``prebolus``: a pre-bolus series of the same study; the arterial input comes from it
+    when it covers the AIF slice (otherwise the job says why in its flags).
+    """
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings = timed.timings
 
@@ -82,9 +150,11 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     seg = timed("segment_registered", segment, registered)
     labels = seg.labels
     aha = timed("aha", assign_aha, labels, series.geometry)
+    pre, pre_problem = timed("prebolus", _aligned_prebolus, prebolus, series, registered, labels) if prebolus else (
+        None, "")
     try:
         result = timed("fit", quantify, registered, series.t_min, labels, aha.labels, settings,
-                       series.saturation_delay_ms)
+                       series.saturation_delay_ms, pre)
     except ValueError as exc:
         raise SeriesError(str(exc)) from exc
     if not result.segments:
@@ -94,6 +164,8 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     px_area = spacing[0] * spacing[1]
     flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
     flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl] + list(result.flags)
+    if pre_problem:
+        flags.append(f"pre-bolus series {prebolus.series.sources[0].SeriesInstanceUID} not used: {pre_problem}")
     mbf = result.maps["mbf"]
     finite = mbf[myo & np.isfinite(mbf)]
     if finite.size and float(np.median(finite)) > 6.0:
@@ -130,6 +202,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
               "t1_myocardium_ms": settings.t1_myocardium_ms, "relaxivity": settings.relaxivity,
               "saturation_delay_ms": series.saturation_delay_ms or settings.saturation_delay_ms,
               "baseline_frames": result.baseline_frames, "aif_slice": result.aif_slice + 1,
+              "aif_source": result.aif_source,
               "aha_convention": aha.convention, "bound": "95% interval of the fit"}
     algorithm = Algorithm("pinn-node-perfusion", __version__, {"method": settings.method, "model": settings.model,
                                                                "hct": settings.hct})
@@ -164,6 +237,10 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
         "model": settings.model,
         "parameters": params,
         "aif_plasma_mM": [round(float(v), 4) for v in result.aif_plasma_mM],
+        "aif_source": result.aif_source,
+        "prebolus": None if prebolus is None else {
+            "series_instance_uid": str(prebolus.series.sources[0].SeriesInstanceUID),
+            "dose_ratio": prebolus.dose_ratio, "dose_source": prebolus.dose_source, "used": pre is not None},
         "flags": flags,
         "timings_s": timings,
         "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}

@@ -151,13 +151,16 @@ def write_t2_series(phantom: T2Phantom, out: Path, seed: int, pixel_scale: float
 
 
 def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixel_scale: float = 1000.0,
-                           patient_id: str = "PHANTOM01", series_number: int = 501) -> list[Path]:
+                           patient_id: str = "PHANTOM01", series_number: int = 501,
+                           description: str = "First-pass perfusion SR-GRE (synthetic)",
+                           start: _dt.datetime = _dt.datetime(2026, 1, 15, 10, 45, 0),
+                           dose_ml: float | None = None) -> list[Path]:
     """One instance per slice and dynamic; TriggerTime/AcquisitionTime/TemporalPositionIdentifier
     carry the frame time, ImageComments the saturation-recovery delay ("saturation delay 100 ms";
-    InversionTime is reserved to IR sequences)."""
+    InversionTime is reserved to IR sequences); ``dose_ml``: ContrastBolusVolume."""
     row, col, dx, pixels, positions = _stack_layout(phantom, out, pixel_scale)
     frames = phantom.images.shape[1]
-    start = _dt.datetime(2026, 1, 15, 10, 45, 0)
+    extra = {} if dose_ml is None else {"ContrastBolusVolume": _format(dose_ml)}
     paths = []
     for s, (centre, ipp) in enumerate(positions):
         for f in range(frames):
@@ -167,7 +170,7 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
                 sop_key=("perfusion-instance", seed, patient_id, series_number, s, f),
                 when=start + _dt.timedelta(seconds=t_s), ipp=ipp, row=row, col=col, centre=centre, dx=dx,
                 pixels=pixels[s, f], instance_number=s * frames + f + 1,
-                kind={"series_key": "perfusion-series", "SeriesDescription": "First-pass perfusion SR-GRE (synthetic)",
+                kind={"series_key": "perfusion-series", "SeriesDescription": description,
                       "ProtocolName": "Stress perfusion", "SequenceName": "SR_GRE", "RepetitionTime": 2.5,
                       "EchoTime": 1.2, "FlipAngle": 12.0, "ScanOptions": "CG",
                       "SequenceVariant": ["SK", "SS", "MP"],
@@ -175,7 +178,7 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
                       "TriggerTime": _format((t_s - float(phantom.t_min[0, f] * 60.0)) * 1000.0 + 300.0),
                       "TemporalPositionIdentifier": f + 1,
                       "NumberOfTemporalPositions": frames, "AcquisitionNumber": f + 1,
-                      "ContrastBolusAgent": "gadobutrol (simulated)"},
+                      "ContrastBolusAgent": "gadobutrol (simulated)", **extra},
             )
             path = out / f"IM_s{s + 1:02d}_t{f + 1:03d}.dcm"
             ds.save_as(path, enforce_file_format=True)
@@ -199,14 +202,31 @@ def simulate_t2(out: Path, seed: int = 0, snr: float = 40.0, te_ms: tuple[float,
     return phantom
 
 
+PREBOLUS_DOSE = 0.1  # of the main dose
+
+
 def simulate_perfusion(out: Path, seed: int = 0, snr: float = 40.0, slices: int = 3, frames: int = 60,
-                       matrix: int = 128, ischaemia: bool = True) -> PerfusionPhantom:
-    """Write the perfusion phantom series and ``truth.npz`` (parameter maps, AIF, labels) to ``out``."""
+                       matrix: int = 128, ischaemia: bool = True, r2star: float = 0.0,
+                       prebolus: bool = False) -> PerfusionPhantom:
+    """Write the perfusion phantom series and ``truth.npz`` (parameter maps, AIF, labels) to ``out``.
+
+    ``r2star`` (1/s/mM): T2* loss of the blood signal at high concentration (what flattens a
+    full-dose arterial input; 0: none). ``prebolus``: also write, to ``out/prebolus``, a
+    pre-bolus series of the same study (a tenth of the dose, 40 frames, two minutes earlier,
+    its own clock; both series state their ContrastBolusVolume).
+    """
     anatomy = Anatomy(matrix=matrix, fov_mm=320.0 * matrix / 192)
     phantom = perfusion_phantom(anatomy, n_slices=slices, frames=frames, snr=snr, seed=seed,
-                                ischaemia=(200.0, 90.0, 0.4) if ischaemia else None)
+                                ischaemia=(200.0, 90.0, 0.4) if ischaemia else None, r2star=r2star)
     out.mkdir(parents=True, exist_ok=True)
-    write_perfusion_series(phantom, out, seed)
+    write_perfusion_series(phantom, out, seed, dose_ml=7.5 if prebolus else None)
+    if prebolus:
+        pre = perfusion_phantom(anatomy, n_slices=slices, frames=40, snr=snr, seed=seed + 1000,
+                                ischaemia=(200.0, 90.0, 0.4) if ischaemia else None, r2star=r2star,
+                                dose=PREBOLUS_DOSE, arrival_s=5.0)
+        write_perfusion_series(pre, out / "prebolus", seed, series_number=500, dose_ml=7.5 * PREBOLUS_DOSE,
+                               description="Perfusion pre-bolus SR-GRE (synthetic)",
+                               start=_dt.datetime(2026, 1, 15, 10, 43, 0))
     np.savez_compressed(
         out / "truth.npz", fp=phantom.fp.astype(np.float32), vp=phantom.vp.astype(np.float32),
         ve=phantom.ve.astype(np.float32), ps=phantom.ps.astype(np.float32), labels=phantom.labels,

@@ -44,6 +44,11 @@ def test_perfusion_asl_derived_and_other(t2_files):
         h.TriggerTime = 700.0 * k
         dyn.append(h)
     assert classify(dyn).kind == "perfusion"
+    for text in ("Perfusion pre-bolus", "perf_LOW_DOSE", "test bolus SR-GRE"):
+        pre = copy.deepcopy(dyn)
+        for h in pre:
+            h.SeriesDescription = text
+        assert classify(pre).kind == "prebolus", text
     asl = copy.deepcopy(dyn)
     for h in asl:
         h.SeriesDescription = "pCASL label/control"

@@ -5,8 +5,10 @@ saturation-recovery signal S = M0 (1 - exp(-TS R1)) with the native T1 of blood 
 myocardium taken from the settings (not measured), M0 from the pre-contrast frames,
 linear relaxivity; the arterial input is the LV blood pool of the slice with the largest
 cavity, eroded and restricted to its brightest half at peak (papillary muscles and
-partial volume excluded), converted to plasma concentration with the haematocrit; a
-flat-topped (saturated) input has its first pass rebuilt from its unsaturated frames. Each
+partial volume excluded), converted to plasma concentration with the haematocrit; when a
+pre-bolus series is given, the input is its curve scaled by the dose ratio (``prebolus``);
+otherwise a flat-topped (saturated) input has its first pass rebuilt from its unsaturated
+frames. Each
 slice uses its own frame times (slices are acquired at different moments of the
 heartbeat); the AIF is interpolated onto them. MBF = Fp / (1 - Hct) / density.
 """
@@ -20,6 +22,7 @@ from scipy import ndimage
 
 from pinn_engine.perfusion.fit import fit_2cxm
 from pinn_engine.perfusion.phantom import signal_to_concentration
+from pinn_engine.perfusion.prebolus import PreBolus, scaled_input
 
 PARAMS = ("fp", "vp", "ve", "ps")
 
@@ -44,12 +47,17 @@ class PerfusionResult:
     aif_slice: int
     baseline_frames: int
     flags: list[str] = field(default_factory=list)
+    aif_source: str = "main bolus"
+
+
+def aif_slice(labels: np.ndarray) -> int:
+    """The slice the arterial input is taken from: the one with the largest LV blood pool."""
+    return int(np.argmax([(labels[k] == 1).sum() for k in range(labels.shape[0])]))
 
 
 def arterial_input(images: np.ndarray, labels: np.ndarray) -> tuple[int, np.ndarray]:
     """(slice, mask) of the AIF region: eroded LV blood pool, brightest half at peak enhancement."""
-    areas = [(labels[k] == 1).sum() for k in range(labels.shape[0])]
-    k = int(np.argmax(areas))
+    k = aif_slice(labels)
     lv = labels[k] == 1
     eroded = ndimage.binary_erosion(lv, iterations=1)
     mask = eroded if eroded.sum() >= 5 else lv
@@ -144,10 +152,28 @@ def baseline_length(curve: np.ndarray, minimum: int = 2) -> int:
     return max(minimum, first - 1)
 
 
+def _prebolus_input(pre: PreBolus, mask: np.ndarray, t_s: np.ndarray, main: np.ndarray, main_baseline: int,
+                    settings: PerfusionSettings, ts: float) -> tuple[np.ndarray, str]:
+    """The main bolus's input from the pre-bolus series, and a line for the flags."""
+    signal = pre.frames[:, mask].mean(1)
+    n_base = baseline_length(signal)
+    pre_blood = signal_to_concentration(signal[None], n_base, settings.t1_blood_ms, pre.saturation_delay_ms or ts,
+                                        settings.relaxivity)[0]
+    curve, shift = scaled_input(t_s, main, main_baseline, np.asarray(pre.t_min) * 60.0, pre_blood, n_base,
+                                pre.dose_ratio)
+    return curve, (f"AIF from the pre-bolus series x {pre.dose_ratio:g} (dose ratio), shifted {shift:+.1f} s to "
+                   f"the main bolus's arrival: peak {main.max():.2f} mM blood measured in the main bolus, "
+                   f"{curve.max():.2f} mM from the pre-bolus")
+
+
 def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labels: np.ndarray,
-             settings: PerfusionSettings = PerfusionSettings(), saturation_delay_ms: float | None = None
-             ) -> PerfusionResult:
-    """Maps per myocardial pixel and values per AHA segment (segment-mean curves fitted)."""
+             settings: PerfusionSettings = PerfusionSettings(), saturation_delay_ms: float | None = None,
+             prebolus: PreBolus | None = None) -> PerfusionResult:
+    """Maps per myocardial pixel and values per AHA segment (segment-mean curves fitted).
+
+    ``prebolus``: the AIF slice of a pre-bolus series, aligned with ``images``
+    (``aif_slice(labels)`` says which slice); the arterial input is then taken from it.
+    """
     ts = saturation_delay_ms or settings.saturation_delay_ms
     s, t, h, w = images.shape
     k_aif, aif_mask = arterial_input(images, labels)
@@ -155,10 +181,17 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
     n_base = baseline_length(aif_signal)
     aif_blood = signal_to_concentration(aif_signal[None], n_base, settings.t1_blood_ms, ts, settings.relaxivity)[0]
     flags = []
-    if aif_signal.max() / max(aif_signal[:n_base].mean(), 1e-9) > 0.98 / (1 - np.exp(-ts / settings.t1_blood_ms)):
+    source = "main bolus"
+    if prebolus is not None:
+        if prebolus.frames.shape[1:] != images.shape[2:]:
+            raise ValueError(f"pre-bolus frames {prebolus.frames.shape[1:]} differ from the series' {images.shape[2:]}")
+        aif_blood, line = _prebolus_input(prebolus, aif_mask, t_min[k_aif] * 60.0, aif_blood, n_base, settings, ts)
+        flags.append(line)
+        source = f"pre-bolus x {prebolus.dose_ratio:g}"
+    elif aif_signal.max() / max(aif_signal[:n_base].mean(), 1e-9) > 0.98 / (1 - np.exp(-ts / settings.t1_blood_ms)):
         flags.append("AIF near saturation of the signal model: peak concentration underestimated")
     top = aif_plateau_s(t_min[k_aif] * 60.0, aif_blood)
-    if top >= PLATEAU_S:
+    if prebolus is None and top >= PLATEAU_S:
         rebuilt = rebuild_first_pass(t_min[k_aif] * 60.0, aif_blood)
         if rebuilt is None:
             flags.append(f"AIF flat-topped for {top:.1f} s (signal saturation of the arterial input likely): "
@@ -169,6 +202,7 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
                          f"{rebuilt[1]:.2f} mM blood); flows remain uncertain, a pre-bolus or dual-sequence AIF "
                          "is better")
             aif_blood = rebuilt[0]
+            source = "main bolus, first pass rebuilt"
     aif_plasma = aif_blood / (1.0 - settings.hct)
     maps = {key: np.full((s, h, w), np.nan) for key in (*PARAMS, *(f"{p}_sd" for p in PARAMS), "mbf", "mbf_sd")}
     concentration = np.zeros((s, t, h, w))
@@ -210,4 +244,4 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
             entry["mbf_sd"] = entry["fp_sd"] * to_mbf
             entry["n_pixels"] = int((aha_labels == seg).sum())
             segments[seg] = entry
-    return PerfusionResult(maps, segments, aif_plasma, k_aif, n_base, flags)
+    return PerfusionResult(maps, segments, aif_plasma, k_aif, n_base, flags, source)
