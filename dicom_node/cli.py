@@ -231,8 +231,10 @@ def _cmd_process(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for name, ds in outcome.objects.items():
         ds.save_as(out / f"{name}.dcm", enforce_file_format=True)
-    for name, data in outcome.pictures.items():
-        (out / name).write_bytes(data)
+    from dicom_node.encode.display import png  # noqa: PLC0415
+
+    for name, rgb in outcome.pictures.items():
+        (out / name).write_bytes(png(rgb))
     (out / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
     print(f"\nwrote {len(outcome.objects)} derived objects, summary.json and pictures to {out} "
           f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)

@@ -254,17 +254,21 @@ class Node:
         results = self.config.storage_dir / "results" / str(job.series_uid)
         results.mkdir(parents=True, exist_ok=True)
         (results / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
-        for name, data in outcome.pictures.items():
-            (results / name).write_bytes(data)
-        stored = {k: early.stored.get(k) or self.store_dataset(ds) for k, ds in outcome.objects.items()}
-        log_event(LOG, event, series_uid=job.series_uid, objects=len(stored), timings_s=outcome.summary["timings_s"],
-                  **fields)
-        names = self.config.routing.send_results_to
-        what = f"{len(stored)} derived objects"
-        if names and early.sent:
-            self._send([v for k, v in stored.items() if k not in early.sent], names, f"{what} (last part)")
-            return f"{what}: sent {len(stored)} instances to {', '.join(names)}"
-        return self._send(list(stored.values()), names, what)
+        try:
+            stored = {k: early.stored.get(k) or self.store_dataset(ds) for k, ds in outcome.objects.items()}
+            log_event(LOG, event, series_uid=job.series_uid, objects=len(stored),
+                      timings_s=outcome.summary["timings_s"], **fields)
+            names = self.config.routing.send_results_to
+            what = f"{len(stored)} derived objects"
+            if names and early.sent:
+                self._send([v for k, v in stored.items() if k not in early.sent], names, f"{what} (last part)")
+                return f"{what}: sent {len(stored)} instances to {', '.join(names)}"
+            return self._send(list(stored.values()), names, what)
+        finally:  # the pictures are for people looking into the results folder: after the PACS has its objects
+            from dicom_node.encode.display import png  # noqa: PLC0415
+
+            for name, rgb in outcome.pictures.items():
+                (results / name).write_bytes(png(rgb))
 
     def store_dataset(self, ds) -> OutgoingInstance:
         """Store a dataset the node made, through the same durable path as received ones."""

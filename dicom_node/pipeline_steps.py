@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node import render_worker
@@ -25,7 +26,8 @@ Deliver = Callable[[dict[str, Dataset]], None]
 class Outcome:
     objects: dict[str, Dataset]  # object kind -> derived DICOM object
     summary: dict  # summary.json
-    pictures: dict[str, bytes] = field(default_factory=dict)  # name -> PNG
+    # name -> RGB picture, written as PNG once the objects are sent (off the job's critical path)
+    pictures: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Steps:
@@ -87,7 +89,7 @@ class DisplayCopies:
 
 def encode_and_deliver(timed: Steps, objects: dict[str, Dataset], encode: Callable[[], None], picture: Picture,
                        report: Callable[[], Dataset], source: Dataset, algorithm: Algorithm, copies: DisplayCopies,
-                       deliver: Deliver | None) -> dict[str, bytes]:
+                       deliver: Deliver | None) -> dict[str, np.ndarray]:
     """Make the remaining derived objects in the order that keeps both cores busy; return the pictures.
 
     With the report already building in one helper (``submit_report``), the picture is drawn
@@ -99,13 +101,13 @@ def encode_and_deliver(timed: Steps, objects: dict[str, Dataset], encode: Callab
     if deliver is not None:  # stored and sent while the helpers draw and build the report
         timed("deliver_early", deliver, dict(objects))
 
-    def display() -> dict[str, bytes]:
-        rgb, png, seconds = drawn()
+    def display() -> dict[str, np.ndarray]:
+        rgb, seconds = drawn()
         timed.timings["display_draw"] = round(seconds, 3)  # in a helper, overlapping "encode"
         objects["sc"] = encode_secondary_capture(rgb, source, algorithm, copies.kind, copies.sc_series_number)
         objects["pdf"] = encode_pdf(raster_pdf(rgb), source, algorithm, copies.kind, copies.pdf_series_number,
                                     copies.pdf_title)
-        return {copies.png_name: png}
+        return {copies.png_name: rgb}
 
     pictures = timed("display", display)
     if deliver is not None:  # while the report is still being built

@@ -70,6 +70,11 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
         # the node's summary.json and the SR in Orthanc agree
         source_series = str(pydicom.dcmread(next(sim.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
         summary = json.loads((node.storage / "results" / source_series / "summary.json").read_text())
+        picture = node.storage / "results" / source_series / "t2_display.png"  # written just after the send
+        deadline = time.monotonic() + 30
+        while not picture.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         by_kind = {s["MainDicomTags"]["Modality"] + ":" + s["MainDicomTags"].get("SeriesDescription", ""): s
                    for s in series}
         sr_series = next(v for k, v in by_kind.items() if k.startswith("SR:"))

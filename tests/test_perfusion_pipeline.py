@@ -184,6 +184,7 @@ def test_process_takes_the_arterial_input_from_a_pre_bolus_series_beside_it(tmp_
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (tmp_path / "out" / "mbf_display.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["aif_source"] == "pre-bolus x 10"
     assert summary["prebolus"]["used"] and summary["prebolus"]["dose_source"].startswith("ContrastBolusVolume")
     assert summary["parameters"]["aif_source"] == "pre-bolus x 10"  # also in the SR's algorithm parameters

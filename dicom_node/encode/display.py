@@ -137,8 +137,8 @@ def figure_rgb(fig: plt.Figure) -> np.ndarray:
     return rgb
 
 
-def draw(picture: Picture) -> tuple[np.ndarray, bytes, float]:
-    """RGB pixels and PNG of the display picture, and the seconds it took (run in a helper process)."""
+def draw(picture: Picture) -> tuple[np.ndarray, float]:
+    """RGB pixels of the display picture and the seconds it took (run in a helper process)."""
     import time  # noqa: PLC0415
 
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
@@ -154,10 +154,16 @@ def draw(picture: Picture) -> tuple[np.ndarray, bytes, float]:
                               round(TABLE_POINTS * DPI / 72))
     ImageDraw.Draw(image).multiline_text(((box.x0 + box.x1) / 2, rgb.shape[0] - box.y1), "\n".join(
         table_lines(picture)), fill=(0, 0, 0), font=font, anchor="ma", spacing=3)
-    rgb = np.asarray(image)
+    return np.asarray(image), time.perf_counter() - t0
+
+
+def png(rgb: np.ndarray) -> bytes:
+    """The picture as PNG (for the results folder; fast compression)."""
+    from PIL import Image  # noqa: PLC0415
+
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return rgb, buf.getvalue(), time.perf_counter() - t0
+    return buf.getvalue()
 
 
 def raster_pdf(rgb: np.ndarray, dpi: int = DPI) -> bytes:
