@@ -9,6 +9,8 @@ Jobs found ``running`` at start-up were interrupted by a crash and run again.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from typing import Callable
@@ -20,6 +22,23 @@ from dicom_node.logs import log_event
 LOG = logging.getLogger("dicom_node.jobs")
 
 JobHandler = Callable[[Job], str]
+
+
+# Job threads run this much nicer than the threads receiving instances (an arriving
+# C-STORE is never slowed by processing) and than the helper building the report (see
+# render_worker.LANE_NICE).
+JOB_NICE = 5
+
+
+def _lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; elsewhere not at all)."""
+    if not nice or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError:
+        pass
 
 
 class JobRunner:
@@ -69,6 +88,7 @@ class JobRunner:
         return job
 
     def _loop(self) -> None:
+        _lower_thread_priority(JOB_NICE)
         while not self._stop.is_set():
             try:
                 ran = self.run_one()

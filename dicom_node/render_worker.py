@@ -6,7 +6,7 @@ by side while the job's own thread segments, encodes the other objects and store
 sends them (on two cores or more the job's wall time drops by all three). Work goes to
 one of two lanes, each a single process with its own imports and warm caches: lane 0
 fits and then draws, lane 1 builds the report, so the order of work within a lane is
-the order a job needs it. The processes are started once (``start``) and reused;
+the order a job needs it; lane 0 runs at a lower priority (``LANE_NICE``). The processes are started once (``start``) and reused;
 without them, on one core, or if they break, the work happens in the caller. They
 receive arrays and header-only datasets, never file paths or the node's state.
 """
@@ -29,8 +29,24 @@ _pools: list[ProcessPoolExecutor] = []
 LANES = 2
 
 
-def _exit_with_parent(parent: int) -> None:
+# Added niceness per lane. Lane 1 builds the report, the longest single step on a job's
+# critical path (~0.7 s of highdicom); everything else a job does meanwhile (drawing in
+# lane 0, encoding and sending in the job thread, which runs at jobs.JOB_NICE) can wait
+# for it. On the 2-core machine: T2 end to end 1.54 -> 1.48 s and 1.63 -> 1.46 s (medians
+# of 6 alternating runs each), the report's own wall time 0.96-1.0 -> 0.87 s.
+LANE_NICE = (5, 0)
+
+
+def _exit_with_parent(parent: int, lane: int = 0) -> None:
     """In the helper: leave when the node is gone (a kill -9 of the node closes no pipe we wait on)."""
+    try:  # relative to the node's main thread (a helper started from a job thread inherits its niceness)
+        want = os.getpriority(os.PRIO_PROCESS, parent) + LANE_NICE[lane % len(LANE_NICE)]
+        have = os.getpriority(os.PRIO_PROCESS, 0)
+        if want > have:
+            os.nice(want - have)
+    except OSError:
+        pass
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -47,9 +63,9 @@ def start() -> None:
     with _lock:
         if _pools or (os.cpu_count() or 1) < 2:
             return
-        for _ in range(LANES):
+        for lane in range(LANES):
             pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                       initializer=_exit_with_parent, initargs=(os.getpid(),))
+                                       initializer=_exit_with_parent, initargs=(os.getpid(), lane))
             pool.submit(os.getpid)  # the process (and its imports) starts now, not with the first job
             _pools.append(pool)
 

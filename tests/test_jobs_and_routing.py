@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import pydicom
@@ -189,3 +190,47 @@ def test_tracker_wakes_when_the_oldest_open_series_is_due(tmp_path):
     with index.transaction() as conn:
         conn.execute("UPDATE series SET last_received_at = ? WHERE series_uid = '1.2.3'", (now - 30.0,))
     assert 0 < tracker._next_wait() <= 0.05  # overdue: at once
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_jobs_run_nicer_than_the_threads_receiving(index_with_job):
+    """Processing never slows an arriving C-STORE, and leaves the report builder its core."""
+    import os
+
+    from dicom_node.jobs import JOB_NICE
+
+    index, _ = index_with_job(max_attempts=3)
+    seen, done = [], threading.Event()
+
+    def handler(job):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        done.set()
+        return "ok"
+
+    runner = JobRunner(index, Config(jobs=JobsSection(workers=1, poll_interval_s=0.05)), {"forward": handler},
+                       threading.Event())
+    runner.start()
+    try:
+        assert done.wait(30)
+    finally:
+        runner.stop()
+        index.close()
+    assert seen == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + JOB_NICE]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values are POSIX; the lanes' use is Linux's")
+def test_the_report_lane_outranks_the_drawing_lane():
+    import os
+
+    from dicom_node import render_worker
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: no helper processes, the work runs in the job")
+    render_worker.start()
+    try:
+        nice = [render_worker.submit(os.getpriority, os.PRIO_PROCESS, 0, lane=k)() for k in (0, 1)]
+    finally:
+        render_worker.stop()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert nice == [base + render_worker.LANE_NICE[0], base + render_worker.LANE_NICE[1]]
+    assert render_worker.LANE_NICE[0] > render_worker.LANE_NICE[1]
