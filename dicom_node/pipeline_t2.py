@@ -49,20 +49,24 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         from pinn_engine.segmentation.infer import Segmenter
 
         segmenter = timed("load_model", Segmenter)
-    # the fit needs no segmentation: the NLLS fit (numpy) runs meanwhile, in two halves in the
-    # two helper processes ("fit" then times only the wait for them); the PINN trains with
-    # torch's threads, here
+    # NLLS: the report and the picture need only the myocardium's values, and the report is
+    # the slowest object to build; so a helper fits the whole image for the maps (numpy, off
+    # the critical path) while this thread segments, then fits just the myocardium (~2k
+    # pixels, the same values the whole fit gives them) and the report can start. The PINN
+    # trains on the whole image with torch's threads, here.
+    whole = None
     if method == "nlls":
-        halves = [render_worker.submit(partial(fit_t2, method=method, confidence=confidence, part=(k, 2)),
-                                       series.images, series.te_ms, lane=k) for k in range(2)]
-        seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1)
-        fit = timed("fit", lambda: merge_fits([half() for half in halves]))
-    else:
-        seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm)
-        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
+        whole = render_worker.submit(partial(fit_t2, method=method, confidence=confidence), series.images,
+                                     series.te_ms, lane=0)
+    seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1 if whole else None)
     labels = seg.labels
     if not (labels == 2).any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
+    if method == "nlls":
+        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence,
+                    within=labels == 2)
+    else:
+        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
     aha = timed("aha", assign_aha, labels, series.geometry)
     usable = (fit.flags & int(EXCLUDE)) == 0
     measured = np.where(usable, aha.labels, 0).astype(np.uint8)
@@ -108,9 +112,13 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                            regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
                            SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
 
+    maps = {"fit": fit}  # the fit the maps show: the whole image's, once the helper has it
+
     def encode() -> None:
-        objects["pm"] = encode_parametric_map(sources, fit.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
-        bound = np.where(np.isfinite(fit.bound_ms) & fit.estimated, fit.bound_ms, 0.0)
+        # the myocardium from the job's own fit, so that maps, report and picture agree to the bit
+        full = maps["fit"] = merge_fits([whole(), fit]) if whole is not None else fit
+        objects["pm"] = encode_parametric_map(sources, full.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
+        bound = np.where(np.isfinite(full.bound_ms) & full.estimated, full.bound_ms, 0.0)
         objects["bound"] = encode_parametric_map(sources, bound, t2_bound_spec(confidence), algorithm,
                                                  SERIES_NUMBERS["bound"])
         objects["seg"], _ = encode_segmentation(sources, labels, measured, algorithm, SERIES_NUMBERS["seg"])
@@ -131,7 +139,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         "aha_convention": aha.convention,
         "flags": [f for r in regions for f in r.flags] + [f"{n} myocardial pixels flagged {k}"
                                                           for k, n in flag_counts.items() if n],
-        "timings_s": {**timings, **{f"fit_{k}": round(v, 3) for k, v in fit.timings_s.items()}},
+        "timings_s": {**timings, **{f"fit_{k}": round(v, 3) for k, v in maps["fit"].timings_s.items()}},
         "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}
                     for k, v in objects.items()},
     }

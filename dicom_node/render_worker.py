@@ -32,8 +32,8 @@ LANES = 2
 # Added niceness per lane. Lane 1 builds the report, the longest single step on a job's
 # critical path (~0.7 s of highdicom); everything else a job does meanwhile (drawing in
 # lane 0, encoding and sending in the job thread, which runs at jobs.JOB_NICE) can wait
-# for it. On the 2-core machine: T2 end to end 1.54 -> 1.48 s and 1.63 -> 1.46 s (medians
-# of 6 alternating runs each), the report's own wall time 0.96-1.0 -> 0.87 s.
+# for it. On the 2-core machine, T2 NLLS end to end without these priorities 1.52 s, with
+# them 1.31 s (medians of 5 alternating runs; the report's own wall time 0.92 -> 0.75 s).
 LANE_NICE = (5, 0)
 
 

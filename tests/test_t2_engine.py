@@ -185,3 +185,30 @@ def test_fit_in_parts_equals_the_whole(background):
         np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-7, err_msg=name)
     with pytest.raises(ValueError):
         fit_t2(img, TE, method="pinn", part=(0, 2))
+
+
+@pytest.mark.parametrize("background", [40, 0])
+def test_fit_within_a_region_gives_the_whole_fits_values_there(background):
+    """The job fits the myocardium first (for the report) and the whole image beside it (for the maps)."""
+    from pinn_engine.t2 import merge_fits
+
+    img, _, _ = rician_stack(45.0, 30.0, shape=(2, 60, 60), background=background, seed=5)
+    img[:, :, :, :10] *= np.exp(-TE / 80.0)[None, :, None, None] / np.exp(-TE / 45.0)[None, :, None, None]
+    region = np.zeros(img[:, 0].shape, dtype=bool)
+    region[:, 20:35, 5:40] = True
+    whole = fit_t2(img, TE)
+    part = fit_t2(img, TE, within=region)
+    assert part.noise == whole.noise
+    if background:  # noise from the background: only the region is fitted
+        np.testing.assert_array_equal(part.estimated, whole.estimated & region)
+    else:  # noise from every pixel's residuals: the restriction cannot apply
+        np.testing.assert_array_equal(part.estimated, whole.estimated)
+    here = part.estimated
+    np.testing.assert_array_equal(part.flags[here], whole.flags[here])
+    for name in ("t2_ms", "bound_ms", "lo_ms", "hi_ms", "t2_reference_ms"):
+        np.testing.assert_allclose(getattr(part, name)[here], getattr(whole, name)[here], rtol=1e-7, err_msg=name)
+    merged = merge_fits([fit_t2(img, TE), part])  # what the job's maps show
+    np.testing.assert_array_equal(merged.flags, whole.flags)
+    np.testing.assert_allclose(merged.t2_ms, whole.t2_ms, rtol=1e-7)
+    with pytest.raises(ValueError):
+        fit_t2(img, TE, method="pinn", within=region)

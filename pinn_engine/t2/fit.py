@@ -62,6 +62,7 @@ def fit_t2(
     seed: int = 0,
     pinn_options: dict[str, Any] | None = None,
     part: tuple[int, int] = (0, 1),
+    within: np.ndarray | None = None,
 ) -> T2Fit | None:
     """Fit T2 per pixel of ``images`` (slices, echoes, H, W) at preparation times ``te_ms``.
 
@@ -75,6 +76,11 @@ def fit_t2(
     and the bounds are per pixel, and the noise comes from the whole background). When the
     noise must come from the fit residuals instead, part 0 fits every pixel and the other
     parts return None.
+
+    ``within`` (slices, H, W) bool, NLLS only: fit only those of the pixels the call would fit
+    that lie within it (e.g. the myocardium, whose values a report needs before the maps);
+    they get exactly the values of the fit of the whole. Ignored when the noise must come
+    from the fit residuals (that needs every pixel).
     """
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -113,6 +119,13 @@ def fit_t2(
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != shape:
         raise ValueError(f"mask shape {mask.shape} does not match the maps {shape}")
+    if within is not None and method != "nlls":
+        raise ValueError("only the NLLS fit can be restricted to part of the image")
+    if within is not None and est is not None:
+        within = np.asarray(within, dtype=bool)
+        if within.shape != shape:
+            raise ValueError(f"within shape {within.shape} does not match the maps {shape}")
+        mask = mask & within
     if n_parts > 1:
         rows = np.zeros(shape, dtype=bool)
         rows[:, k_part::n_parts] = True
