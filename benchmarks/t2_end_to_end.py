@@ -146,7 +146,7 @@ def main() -> int:
                     res["ratio_wall"] = (res["wall"] + extra) / res["wall"]
                     res["ratio_job"] = (res["job"] + extra) / res["job"]
                     line += (f"; scipy fit {res['scipy']:.1f} s, fit {res['scipy'] / t['fit_total']:.0f}x, "
-                             f"processing {res['ratio_job']:.0f}x, end to end {res['ratio_wall']:.0f}x faster")
+                             f"processing {res['ratio_job']:.1f}x, end to end {res['ratio_wall']:.1f}x faster")
                 runs.append(res)
                 print(line, flush=True)
             med = statistics.median(x["wall"] for x in runs)
@@ -162,8 +162,8 @@ def main() -> int:
                 print(f"scipy per-pixel least_squares on the same {scipy.n_pixels} pixels: median "
                       f"{statistics.median(x['scipy'] for x in runs):.1f} s; vs VarPro-GN with bounds "
                       f"{steps['fit_total']:.2f} s: fit {statistics.median(x['scipy'] / x['timings']['fit_total'] for x in runs):.0f}x; "
-                      f"processing {statistics.median(x['ratio_job'] for x in runs):.0f}x; end to end "
-                      f"{statistics.median(x['ratio_wall'] for x in runs):.0f}x faster (median of the runs; "
+                      f"processing {statistics.median(x['ratio_job'] for x in runs):.1f}x; end to end "
+                      f"{statistics.median(x['ratio_wall'] for x in runs):.1f}x faster (median of the runs; "
                       "bar >= 30x)")
     return 0
 
