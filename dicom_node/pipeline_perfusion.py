@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from dicom_node import __version__
+from dicom_node.classify import slice_key
 from dicom_node.encode.common import Algorithm
 from dicom_node.encode.display import Picture
 from dicom_node.encode.parametric_map import (
@@ -31,7 +32,6 @@ from dicom_node.encode.parametric_map import (
 )
 from dicom_node.encode.report import RegionResult, ReportContext
 from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
-from dicom_node.classify import slice_key
 from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from dicom_node.series_io import PerfusionSeries, SeriesError
 from pinn_engine.aha import assign_aha
