@@ -39,16 +39,6 @@ STEPS = ("load_model", "segment", "fit", "aha", "encode", "deliver_early", "disp
 HELPER_STEPS = ("fit_total", "display_draw", "report_build")
 
 
-def _events(log: Path) -> list[dict]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def _epoch(ts: str) -> float:
     return datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
@@ -81,7 +71,7 @@ def one_run(work: Path, series_dir: Path, method: str, before_push=None) -> dict
             raise RuntimeError("derived objects did not arrive")
         # the last derived object was stored in Orthanc when Orthanc acknowledged it: the
         # node logs that moment (ms) with its last send report
-        stored = max(_epoch(e["ts"]) for e in _events(node.output) if e.get("event") == "send.report")
+        stored = max(_epoch(e["ts"]) for e in node.events("send.report"))
         wall = stored - pushed - NODE_STABLE_S
         summary = json.loads(next((node.storage / "results").glob("*/summary.json")).read_text())
         return {"wall": wall, "timings": summary["timings_s"], "summary": summary, "before": before}

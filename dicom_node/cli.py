@@ -206,7 +206,7 @@ def _cmd_process(args: argparse.Namespace) -> int:
             outcome = process_t2(load_t2_series(paths), method=args.method, confidence=args.confidence,
                                  progress=progress)
         else:
-            from dicom_node.pipeline_perfusion import PreBolusSeries, header_dose_ratio, process_perfusion  # noqa: PLC0415
+            from dicom_node.pipeline_perfusion import prebolus_series, process_perfusion  # noqa: PLC0415
             from dicom_node.series_io import load_perfusion_series  # noqa: PLC0415
 
             steps[3:6] = ["segment", "register", "segment_registered", "aha", "prebolus", "fit"]
@@ -214,12 +214,11 @@ def _cmd_process(args: argparse.Namespace) -> int:
             prebolus = None
             if prebolus_uids:
                 pre = load_perfusion_series([all_paths[i] for i in groups[prebolus_uids[-1]]])
-                ratio = header_dose_ratio(series.sources[0], pre.sources[0])
-                if ratio is None and not args.prebolus_dose_ratio:
+                prebolus = prebolus_series(series, pre, args.prebolus_dose_ratio, "--prebolus-dose-ratio")
+                if prebolus is None:
                     print("\ndicom-node process: the pre-bolus series' dose ratio is unknown (no contrast dose in "
                           "the headers): give --prebolus-dose-ratio", file=sys.stderr)
                     return 1
-                prebolus = PreBolusSeries(pre, *(ratio or (args.prebolus_dose_ratio, "--prebolus-dose-ratio")))
             outcome = process_perfusion(series, progress=progress, prebolus=prebolus)
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)

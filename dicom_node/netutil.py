@@ -9,7 +9,7 @@ from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 
 
-def _set_nodelay(event: evt.Event) -> None:
+def _tune_socket(event: evt.Event) -> None:
     """Tune the association's socket for request/response traffic.
 
     - Nagle's algorithm off: without it each C-STORE response can wait ~40 ms for the
@@ -89,7 +89,7 @@ class _AdaptivePollDUL(DULServiceProvider):
         return received
 
 
-NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _set_nodelay)]
+NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, _tune_socket)]
 
 
 def stall_guard(timeout_s: float, max_pdu_bytes: int):

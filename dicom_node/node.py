@@ -122,9 +122,16 @@ class Node:
             for i in self.index.series_instances(series_uid)
         ]
 
+    def _classify_rules(self):
+        """The configured classification overrides, as ``classify`` takes them."""
+        from dicom_node.classify import Rule  # noqa: PLC0415
+
+        return [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
+                for r in self.config.classify]
+
     def job_kind_for(self, series_uid: str) -> str | None:
         """T2 series are processed; others are forwarded if configured, else only stored."""
-        from dicom_node.classify import Rule, classify  # noqa: PLC0415
+        from dicom_node.classify import classify  # noqa: PLC0415
         from dicom_node.series_io import read_headers  # noqa: PLC0415
 
         paths = [self.store.abspath(i.path) for i in self.index.series_instances(series_uid)]
@@ -139,9 +146,7 @@ class Node:
             # the node's own results: already routed to send_results_to by their job
             log_event(LOG, "series.classified", series_uid=series_uid, kind="own-result", reason=DERIVED_SUFFIX)
             return None
-        rules = [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
-                 for r in self.config.classify]
-        kind = classify(headers, rules)
+        kind = classify(headers, self._classify_rules())
         log_event(LOG, "series.classified", series_uid=series_uid, kind=kind.kind, reason=kind.reason)
         if kind.kind == "t2":
             return JOB_KIND_T2
@@ -194,8 +199,8 @@ class Node:
         Its dose ratio comes from the headers (the same contrast dose attribute in both
         series) or from ``[engine] prebolus_dose_ratio``; without either it is not used.
         """
-        from dicom_node.classify import Rule, classify  # noqa: PLC0415
-        from dicom_node.pipeline_perfusion import PreBolusSeries, header_dose_ratio  # noqa: PLC0415
+        from dicom_node.classify import classify  # noqa: PLC0415
+        from dicom_node.pipeline_perfusion import prebolus_series  # noqa: PLC0415
         from dicom_node.series_io import SeriesError, frame_time_s, load_perfusion_series, read_headers  # noqa: PLC0415
 
         study = self.index.series_instances(series_uid)[0].study_uid
@@ -203,8 +208,7 @@ class Node:
         for inst in self.index.instances_where("study_uid", [study]):
             if inst.series_uid != series_uid:
                 by_series.setdefault(inst.series_uid, []).append(self.store.abspath(inst.path))
-        rules = [Rule(r.kind, r.series_description or None, r.protocol_name or None, r.sop_class_uid or None)
-                 for r in self.config.classify]
+        rules = self._classify_rules()
         start = frame_time_s(series.sources[0])
         candidates = []
         for uid, paths in by_series.items():
@@ -225,19 +229,15 @@ class Node:
         except SeriesError as exc:
             log_event(LOG, "perfusion.prebolus_unusable", logging.WARNING, series_uid=uid, error=str(exc))
             return None
-        from_headers = header_dose_ratio(series.sources[0], pre.sources[0])
-        if from_headers is not None:
-            ratio, source = from_headers
-        elif self.config.engine.prebolus_dose_ratio:
-            ratio, source = self.config.engine.prebolus_dose_ratio, "[engine] prebolus_dose_ratio"
-        else:
+        paired = prebolus_series(series, pre, self.config.engine.prebolus_dose_ratio, "[engine] prebolus_dose_ratio")
+        if paired is None:
             log_event(LOG, "perfusion.prebolus_unusable", logging.WARNING, series_uid=uid,
                       error="dose ratio unknown: the headers state no contrast dose and "
                             "[engine] prebolus_dose_ratio is 0")
             return None
-        log_event(LOG, "perfusion.prebolus", series_uid=series_uid, prebolus_series_uid=uid, dose_ratio=ratio,
-                  dose_source=source)
-        return PreBolusSeries(pre, ratio, source)
+        log_event(LOG, "perfusion.prebolus", series_uid=series_uid, prebolus_series_uid=uid,
+                  dose_ratio=paired.dose_ratio, dose_source=paired.dose_source)
+        return paired
 
     def _series_paths(self, job: Job) -> list[Path]:
         return [self.store.abspath(i.path) for i in self.index.series_instances(job.series_uid or "")]

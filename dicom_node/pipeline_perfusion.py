@@ -72,6 +72,16 @@ def header_dose_ratio(main: Dataset, pre: Dataset) -> tuple[float, str] | None:
     return a[1] / b[1], f"{a[0]} {a[1]:g} / {b[1]:g}"
 
 
+def prebolus_series(series: PerfusionSeries, pre: PerfusionSeries, fallback_ratio: float,
+                    fallback_source: str) -> PreBolusSeries | None:
+    """``pre`` as the pre-bolus of ``series``, its dose ratio from the headers or else
+    ``fallback_ratio`` (0: none given); None when neither says it."""
+    from_headers = header_dose_ratio(series.sources[0], pre.sources[0])
+    if from_headers is not None:
+        return PreBolusSeries(pre, *from_headers)
+    return PreBolusSeries(pre, fallback_ratio, fallback_source) if fallback_ratio else None
+
+
 def _aligned_prebolus(pre: PreBolusSeries, series: PerfusionSeries, registered: np.ndarray,
                       labels: np.ndarray) -> tuple[PreBolus | None, str]:
     """The pre-bolus dynamics at the AIF slice's position, registered to that slice, or why not."""

@@ -58,15 +58,13 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     if method == "nlls":
         whole = render_worker.submit(partial(fit_t2, method=method, confidence=confidence), series.images,
                                      series.te_ms, lane=0)
-    seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm, threads=1 if whole else None)
+    seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm,
+                threads=1 if whole is not None else None)
     labels = seg.labels
     if not (labels == 2).any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
-    if method == "nlls":
-        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence,
-                    within=labels == 2)
-    else:
-        fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence)
+    fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence,
+                within=labels == 2 if whole is not None else None)
     aha = timed("aha", assign_aha, labels, series.geometry)
     usable = (fit.flags & int(EXCLUDE)) == 0
     measured = np.where(usable, aha.labels, 0).astype(np.uint8)
@@ -112,11 +110,12 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                            regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
                            SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
 
-    maps = {"fit": fit}  # the fit the maps show: the whole image's, once the helper has it
+    full = fit  # the fit the maps show: the whole image's, once the helper has it
 
     def encode() -> None:
+        nonlocal full
         # the myocardium from the job's own fit, so that maps, report and picture agree to the bit
-        full = maps["fit"] = merge_fits([whole(), fit]) if whole is not None else fit
+        full = merge_fits([whole(), fit]) if whole is not None else fit
         objects["pm"] = encode_parametric_map(sources, full.t2_ms, t2_map_spec(), algorithm, SERIES_NUMBERS["pm"])
         bound = np.where(np.isfinite(full.bound_ms) & full.estimated, full.bound_ms, 0.0)
         objects["bound"] = encode_parametric_map(sources, bound, t2_bound_spec(confidence), algorithm,
@@ -139,7 +138,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         "aha_convention": aha.convention,
         "flags": [f for r in regions for f in r.flags] + [f"{n} myocardial pixels flagged {k}"
                                                           for k, n in flag_counts.items() if n],
-        "timings_s": {**timings, **{f"fit_{k}": round(v, 3) for k, v in maps["fit"].timings_s.items()}},
+        "timings_s": {**timings, **{f"fit_{k}": round(v, 3) for k, v in full.timings_s.items()}},
         "derived": {k: {"sop_instance_uid": str(v.SOPInstanceUID), "series_instance_uid": str(v.SeriesInstanceUID)}
                     for k, v in objects.items()},
     }

@@ -6,9 +6,10 @@ by side while the job's own thread segments, encodes the other objects and store
 sends them (on two cores or more the job's wall time drops by all three). Work goes to
 one of two lanes, each a single process with its own imports and warm caches: lane 0
 fits and then draws, lane 1 builds the report, so the order of work within a lane is
-the order a job needs it; lane 0 runs at a lower priority (``LANE_NICE``). The processes are started once (``start``) and reused;
-without them, on one core, or if they break, the work happens in the caller. They
-receive arrays and header-only datasets, never file paths or the node's state.
+the order a job needs it; lane 0 runs at a lower priority (``LANE_NICE``). The
+processes are started once (``start``) and reused; without them, on one core, or if they
+break, the work happens in the caller. They receive arrays and header-only datasets,
+never file paths or the node's state.
 """
 
 from __future__ import annotations

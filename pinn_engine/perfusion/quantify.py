@@ -8,9 +8,8 @@ cavity, eroded and restricted to its brightest half at peak (papillary muscles a
 partial volume excluded), converted to plasma concentration with the haematocrit; when a
 pre-bolus series is given, the input is its curve scaled by the dose ratio (``prebolus``);
 otherwise a flat-topped (saturated) input has its first pass rebuilt from its unsaturated
-frames. Each
-slice uses its own frame times (slices are acquired at different moments of the
-heartbeat); the AIF is interpolated onto them. MBF = Fp / (1 - Hct) / density.
+frames. Each slice uses its own frame times (slices are acquired at different moments of
+the heartbeat); the AIF is interpolated onto them. MBF = Fp / (1 - Hct) / density.
 """
 
 from __future__ import annotations

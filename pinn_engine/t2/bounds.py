@@ -30,6 +30,7 @@ from scipy import stats
 from pinn_engine.t2.model import fisher_t2_factor
 from pinn_engine.t2.nlls import R_MAX, R_MIN
 
+
 @dataclass
 class ConsistencySet:
     lo_ms: np.ndarray  # lower end of C (T2), ms

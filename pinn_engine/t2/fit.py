@@ -61,9 +61,8 @@ def fit_t2(
     model_error: float = 0.0,
     seed: int = 0,
     pinn_options: dict[str, Any] | None = None,
-    part: tuple[int, int] = (0, 1),
     within: np.ndarray | None = None,
-) -> T2Fit | None:
+) -> T2Fit:
     """Fit T2 per pixel of ``images`` (slices, echoes, H, W) at preparation times ``te_ms``.
 
     ``method``: "nlls" (variable-projection Gauss-Newton) or "pinn" (scan-specific Bloch
@@ -71,16 +70,11 @@ def fit_t2(
     known noise SD; default: estimated from the background (or the fit residuals) with an
     upper confidence limit, which the bounds use.
 
-    ``part=(k, n)`` (NLLS only): fit only image rows k, k+n, k+2n, ... so that n processes
-    can share the work; ``merge_fits`` joins the parts into the fit of the whole (the NLLS
-    and the bounds are per pixel, and the noise comes from the whole background). When the
-    noise must come from the fit residuals instead, part 0 fits every pixel and the other
-    parts return None.
-
     ``within`` (slices, H, W) bool, NLLS only: fit only those of the pixels the call would fit
     that lie within it (e.g. the myocardium, whose values a report needs before the maps);
-    they get exactly the values of the fit of the whole. Ignored when the noise must come
-    from the fit residuals (that needs every pixel).
+    they get exactly the values of the fit of the whole (the NLLS and the bounds are per
+    pixel, and the noise comes from the whole background), and ``merge_fits`` joins such
+    fits. Ignored when the noise must come from the fit residuals (that needs every pixel).
     """
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -103,14 +97,6 @@ def fit_t2(
     est = noise.NoiseEstimate(sigma, sigma, 1.0, "given", 0) if sigma is not None else noise.from_background(img)
     timings["noise"] = time.perf_counter() - t_start
 
-    k_part, n_parts = part
-    if n_parts > 1:
-        if method != "nlls":
-            raise ValueError("only the NLLS fit can be split into parts")
-        if est is None:  # the residual noise estimate needs every pixel at once
-            if k_part:
-                return None
-            n_parts = 1
     if mask is None:
         if est is not None:
             mask = img[:, 0] > 5.0 * est.sigma
@@ -126,10 +112,6 @@ def fit_t2(
         if within.shape != shape:
             raise ValueError(f"within shape {within.shape} does not match the maps {shape}")
         mask = mask & within
-    if n_parts > 1:
-        rows = np.zeros(shape, dtype=bool)
-        rows[:, k_part::n_parts] = True
-        mask = mask & rows
     idx = np.flatnonzero(mask.ravel())
     y = img.transpose(0, 2, 3, 1).reshape(-1, te.size)[idx]
 
@@ -194,9 +176,8 @@ def fit_t2(
     )
 
 
-def merge_fits(parts: "list[T2Fit | None]") -> T2Fit:
-    """The fit of the whole image from the fits of its parts (``fit_t2(..., part=...)``)."""
-    fits = [p for p in parts if p is not None]
+def merge_fits(fits: list[T2Fit]) -> T2Fit:
+    """The fits of parts of one image (``fit_t2(..., within=...)``) as one: later fits' pixels win."""
     whole = fits[0]
     for other in fits[1:]:
         here = other.estimated
