@@ -72,7 +72,8 @@ def myops(seg: Segmenter, folder: Path) -> None:
         truth[np.isin(gd, (200, 1220, 2221))] = 2
         truth[gd == 600] = 3
         sx, sy = img.GetSpacing()[:2]
-        pred = seg(arr[:, None], (sy, sx)).labels
+        d = np.array(img.GetDirection()).reshape(3, 3)
+        pred = seg(arr[:, None], (sy, sx), orientation=(d[:, 0], d[:, 1])).labels
         row = [dice(pred, truth, c) for c in (1, 2, 3)]
         rows.append(row)
         print(f"  {path.name.split('_')[0]}: {arr.shape[0]} slices  LV {row[0]:.3f}  myo {row[1]:.3f}  RV {row[2]:.3f}")

@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from pinn_engine.aha import apex_normal
+
 MR_STORAGE = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}
 _T2PREP_RE = re.compile(r"t2\s*-?\s*prep(?:aration)?\D{0,6}?(\d+(?:\.\d+)?)", re.IGNORECASE)
 _ASL_RE = re.compile(r"\b(p?c?asl|arterial spin|label|control)\b", re.IGNORECASE)
@@ -68,13 +70,18 @@ def preparation_time_ms(ds: Dataset) -> float | None:
 
 
 def slice_key(ds: Dataset) -> float | None:
-    """Position along the slice normal (mm), rounded; None without geometry."""
+    """Position along the slice normal (mm), rounded; None without geometry.
+
+    The normal points base -> apex whatever handedness the images are stored with, so
+    sorting by this key orders a short-axis stack from base to apex.
+    """
     try:
         iop = np.array(ds.ImageOrientationPatient, dtype=float)
         ipp = np.array(ds.ImagePositionPatient, dtype=float)
+        normal = apex_normal(iop[:3], iop[3:])
     except (AttributeError, ValueError, TypeError):
         return None
-    return round(float(ipp @ np.cross(iop[:3], iop[3:])), 1)
+    return round(float(ipp @ normal), 1)
 
 
 def classify(headers: Sequence[Dataset], rules: Iterable[Rule] = ()) -> Classification:

@@ -140,7 +140,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
 
     def segment(stack: np.ndarray):
         # the temporal maximum shows blood pools and myocardium at their brightest
-        return segmenter(stack.max(1)[:, None], spacing)
+        return segmenter(stack.max(1)[:, None], spacing, orientation=series.geometry[0].orientation)
 
     first = timed("segment", segment, images)
     if not (first.labels == 2).any():

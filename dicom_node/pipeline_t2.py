@@ -59,7 +59,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         whole = render_worker.submit(partial(fit_t2, method=method, confidence=confidence), series.images,
                                      series.te_ms, lane=0)
     seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm,
-                threads=1 if whole is not None else None)
+                threads=1 if whole is not None else None, orientation=series.geometry[0].orientation)
     labels = seg.labels
     if not (labels == 2).any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")

@@ -14,21 +14,26 @@ from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from dicom_node.synthetic import synthetic_uid
 from pinn_engine.perfusion.phantom import PerfusionPhantom, perfusion_phantom
 from pinn_engine.phantom import Anatomy, T2Phantom, t2_phantom, with_oedema
+from pinn_engine.segmentation.orientation import display_axes
 
 # Short-axis geometry in patient coordinates (LPS): the LV long axis runs base -> apex
-# towards patient left, anterior and inferior; image "up" is anterior.
+# towards patient left, anterior and inferior; the phantom is drawn in the anatomical display
+# frame (anterior up, RV on the image left, i.e. the patient's right-anterior).
 LONG_AXIS = np.array([0.62, -0.47, -0.63])
 LONG_AXIS /= np.linalg.norm(LONG_AXIS)
 HEART_CENTRE_MM = np.array([20.0, 10.0, 60.0])
 
 
 def sax_orientation(normal: np.ndarray = LONG_AXIS) -> tuple[np.ndarray, np.ndarray]:
-    """(row, column) direction cosines: column = image down = posterior-ish, row x column = normal."""
-    anterior = np.array([0.0, -1.0, 0.0])
-    up = anterior - anterior.dot(normal) * normal
-    col = -up / np.linalg.norm(up)
-    row = np.cross(col, normal)
-    return row / np.linalg.norm(row), col
+    """(row, column) direction cosines of the phantom's images: the display frame of the plane
+    (column = image down = posterior-ish; seen from the apex, so row x column points to the base).
+
+    Until generator 3 the rows ran the other way, which put the phantom's RV on the patient's
+    left: harmless for AHA (which reads the sense from the RV), wrong anatomy for the network.
+    """
+    normal = np.asarray(normal, dtype=float)
+    helper = np.cross(normal, [0.0, 0.0, 1.0])  # any in-plane direction: display_axes needs the plane only
+    return display_axes(helper, np.cross(normal, helper))
 
 
 def _format(v: float) -> str:

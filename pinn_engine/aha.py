@@ -21,6 +21,17 @@ from scipy import ndimage
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)  # patient left, anterior, inferior
 
+
+def apex_normal(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndarray:
+    """Unit normal of a slice plane pointing base -> apex (towards patient left/anterior/inferior),
+    whichever handedness the images are stored with."""
+    n = np.cross(np.asarray(row_cosine, float), np.asarray(column_cosine, float))
+    length = np.linalg.norm(n)
+    if not length > 1e-6:
+        raise ValueError("image orientation has parallel or zero row and column directions")
+    n = n / length
+    return -n if n @ APEX_DIRECTION_LPS < 0 else n
+
 SEGMENT_NAMES = {
     1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",
     5: "basal inferolateral", 6: "basal anterolateral", 7: "mid anterior", 8: "mid anteroseptal",
@@ -45,6 +56,11 @@ class SliceGeometry:
     @property
     def normal(self) -> np.ndarray:
         return np.cross(self.row_cosine, self.column_cosine)
+
+    @property
+    def orientation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row cosine, column cosine): what the segmenter needs to see the slice in the display frame."""
+        return self.row_cosine, self.column_cosine
 
 
 @dataclass
@@ -183,11 +199,8 @@ def assign_aha(
     if labels.ndim != 3 or len(geometry) != labels.shape[0]:
         raise ValueError("labels must be (slices, H, W) with one SliceGeometry per slice")
     n = labels.shape[0]
-    normal = geometry[0].normal
+    normal = apex_normal(*geometry[0].orientation)
     along = np.array([g.position_mm @ normal for g in geometry])
-    # orient the long axis base -> apex: the apex lies towards patient left/anterior/inferior
-    if normal @ APEX_DIRECTION_LPS < 0:
-        along = -along
     ring = [closed_ring(labels[s]) for s in range(n)]
     levels = _slice_levels(ring, along)
     infos = [SliceAHA(level=levels[s], anterior_ip=None, inferior_ip=None, septal_arc_deg=None) for s in range(n)]

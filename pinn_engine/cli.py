@@ -27,7 +27,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     stack = read_stack(args.image)
     t0 = time.perf_counter()
-    seg = Segmenter(args.weights)(stack.images, stack.pixel_spacing_mm)
+    seg = Segmenter(args.weights)(stack.images, stack.pixel_spacing_mm, orientation=stack.orientation)
     dt = time.perf_counter() - t0
     write_labels(seg.labels, stack.reference, args.out)
     n = stack.images.shape[0]
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--steps", type=int, help="fixed number of steps (reproducible); default: until --minutes")
     t.add_argument("--workers", type=int, default=2, help="processes generating the synthetic data")
-    t.add_argument("--generator", type=int, default=2, choices=(1, 2),
-                   help="synthetic-data generator version (1: seg_v1's; 2: crescent RV, trabeculae, dark distractors)")
+    t.add_argument("--generator", type=int, default=3, choices=(1, 2, 3),
+                   help="synthetic-data generator version (1: seg_v1; 2: seg_v2, crescent RV, trabeculae, dark distractors; 3: seg_v3, + anatomical display frame)")
     t.add_argument("--device", help="torch device (default: a GPU when present, else the CPU)")
     t.set_defaults(func=_cmd_train_seg)
     return p

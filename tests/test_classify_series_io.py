@@ -9,6 +9,7 @@ import pytest
 from dicom_node.classify import Rule, classify, preparation_time_ms
 from dicom_node.series_io import SeriesError, load_t2_series
 from dicom_node.simulate import simulate_t2
+from pinn_engine.aha import apex_normal
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +74,10 @@ def test_override_rules(t2_files):
 def test_load_t2_series_sorts_and_checks(t2_files):
     s = load_t2_series(list(reversed(t2_files)))
     assert s.images.shape == (3, 3, 64, 64) and list(s.te_ms) == [0.0, 35.0, 55.0]
-    z = [g.position_mm @ g.normal for g in s.geometry]
+    z = [g.position_mm @ apex_normal(*g.orientation) for g in s.geometry]
     assert z == sorted(z)
     truth = np.load(t2_files[0].parent / "truth.npz")
-    # slice order along the normal equals the phantom's (the simulator stacks base -> apex along it)
+    # slices run base -> apex, as the phantom's do
     assert np.allclose(s.images[:, 0].mean(axis=(1, 2)), np.rint(truth["m0"]).mean(axis=(1, 2)), rtol=0.2)
 
 

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from pinn_engine.segmentation.infer import DEFAULT_WEIGHTS, Segmenter, to_three_channels
 from pinn_engine.segmentation.network import UNet, count_parameters
+from pinn_engine.segmentation.orientation import display_axes, display_matrix
 from pinn_engine.segmentation.synth import GRID, make_sample, make_slice
 
 
@@ -79,3 +80,46 @@ def test_segment_cli_dicom_folder_and_nifti(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert sitk.ReadImage(str(out2)).GetSize() == (128, 128, 3)
+
+
+def _stored_turned_and_mirrored(stack: np.ndarray, row: np.ndarray, col: np.ndarray):
+    """The same slice stored turned a quarter (counter-clockwise) and mirrored left-right, with its geometry."""
+    turned = np.rot90(stack, axes=(-2, -1))
+    row, col = col, -row  # after the turn: columns run along the old rows, rows against the old columns
+    return np.ascontiguousarray(turned[..., ::-1]), -row, col
+
+
+def test_display_frame_puts_the_patients_right_anterior_up_and_left():
+    from dicom_node.simulate import sax_orientation
+
+    assert np.allclose(display_matrix(*sax_orientation()), np.eye(2), atol=1e-9)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        # short-axis planes as scanners tilt them: the long axis towards left/anterior/inferior
+        normal = np.array([rng.uniform(0.3, 0.8), -rng.uniform(0.4, 0.9), -rng.uniform(0.1, 0.7)])
+        row, col = sax_orientation(normal)
+        assert abs(row @ col) < 1e-9 and abs(row @ normal) < 1e-9
+        rv = np.array([-1.0, -1.0, 0.0])  # the RV lies to the patient's right-anterior of the LV
+        angle = np.degrees(np.arctan2(-(rv @ col), rv @ row))
+        assert 80 < angle < 160, angle
+        # whichever way the slice is stored, the frame comes out the same
+        m = display_matrix(*sax_orientation(normal))
+        assert np.allclose(m, np.eye(2), atol=1e-9)
+        _, r2, c2 = _stored_turned_and_mirrored(np.zeros((1, 2, 2)), row, col)
+        m2 = display_matrix(r2, c2)
+        assert np.allclose(np.abs(m2), [[0, 1], [1, 0]], atol=1e-9) and np.linalg.det(m2) < 0  # a mirror
+
+
+def test_segmentation_follows_the_stored_orientation(segmenter):
+    from dicom_node.simulate import sax_orientation
+
+    stack, _, px = make_slice(np.random.default_rng(8))
+    row, col = sax_orientation()
+    upright = segmenter(stack[None], (px, px), orientation=(row, col)).labels[0]
+    stored, r2, c2 = _stored_turned_and_mirrored(stack, row, col)
+    seen = segmenter(stored[None], (px, px), orientation=(r2, c2)).labels[0]
+    back = _stored_turned_and_mirrored(upright[None], row, col)[0][0]
+    assert (upright == 3).sum() > 50
+    for c in (1, 2, 3):
+        a, b = seen == c, back == c
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97, c

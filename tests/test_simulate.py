@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pydicom
 
+from pinn_engine.aha import apex_normal
 from pinn_engine.t2 import fit_t2
 
 
@@ -24,7 +25,7 @@ def test_simulate_t2_writes_a_realistic_series(tmp_path):
     iop = np.array(ds[0].ImageOrientationPatient, float)
     row, col = iop[:3], iop[3:]
     assert abs(row @ col) < 1e-6 and abs(np.linalg.norm(row) - 1) < 1e-6
-    normal = np.cross(row, col)
+    normal = apex_normal(row, col)  # base -> apex, the order of the truth's slices
     positions = sorted({round(float(np.array(d.ImagePositionPatient, float) @ normal), 3) for d in ds})
     assert len(positions) == 3 and np.allclose(np.diff(positions), 10.0, atol=1e-3)
     assert ds[0].Rows == 128 and float(ds[0].PixelSpacing[0]) > 0 and ds[0].BodyPartExamined == "HEART"

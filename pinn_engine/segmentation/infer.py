@@ -4,6 +4,8 @@ Pass 1 segments the whole field of view on the network grid and locates the hear
 blood + myocardium + RV); pass 2 segments a window of 150-220 mm around the heart
 (common to all slices of the stack) and maps the class probabilities back to the
 original pixels. Both passes use the same network, trained on whole and cropped samples.
+Given the slices' orientation, both windows are sampled in the anatomical display frame
+(``orientation``), whatever rotation or mirroring the images are stored with.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from scipy import ndimage
 
 from pinn_engine.device import default_device
 from pinn_engine.segmentation.network import UNet
+from pinn_engine.segmentation.orientation import display_matrix
 from pinn_engine.segmentation.synth import GRID, normalise
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v2.pt"
@@ -38,11 +41,25 @@ def to_three_channels(images: np.ndarray) -> np.ndarray:
     return images[:, idx].astype(np.float64)
 
 
-def _window_coords(cy: float, cx: float, half_mm: float, spacing: tuple[float, float]) -> tuple[np.ndarray, ...]:
+def _window_coords(cy: float, cx: float, half_mm: float, spacing: tuple[float, float],
+                   frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image (row, column) coordinates of the network grid: a window of half-width ``half_mm``
+    around pixel (cy, cx), its axes turned/mirrored by ``frame`` (display -> image, in mm)."""
+    offsets = np.linspace(-half_mm, half_mm, GRID)
+    u, v = np.meshgrid(offsets, offsets, indexing="ij")
     dr, dc = spacing
-    rows = cy + np.linspace(-half_mm / dr, half_mm / dr, GRID)
-    cols = cx + np.linspace(-half_mm / dc, half_mm / dc, GRID)
-    return np.meshgrid(rows, cols, indexing="ij")
+    return cy + (frame[0, 0] * u + frame[0, 1] * v) / dr, cx + (frame[1, 0] * u + frame[1, 1] * v) / dc
+
+
+def _grid_index(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, half_mm: float,
+                spacing: tuple[float, float], frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of ``_window_coords``: fractional grid (row, column) of image pixels."""
+    dr, dc = spacing
+    r_mm, c_mm = (rows - cy) * dr, (cols - cx) * dc
+    u = frame[0, 0] * r_mm + frame[1, 0] * c_mm  # frame is orthogonal: its transpose inverts it
+    v = frame[0, 1] * r_mm + frame[1, 1] * c_mm
+    scale = (GRID - 1) / (2 * half_mm)
+    return (u + half_mm) * scale, (v + half_mm) * scale
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:
@@ -76,29 +93,36 @@ class Segmenter:
         return p.cpu().numpy()
 
     def __call__(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float],
-                 threads: int | None = None) -> Segmentation:
+                 threads: int | None = None,
+                 orientation: tuple[np.ndarray, np.ndarray] | None = None) -> Segmentation:
         """Segment a stack (slices, echoes, H, W) with pixel spacing (between rows, between columns).
 
+        ``orientation``: the stack's Image Orientation (Patient) as (row cosine, column
+        cosine) in LPS; the network then sees every slice in the anatomical display frame,
+        where it knows on which side of the LV the RV lies. Without it the images are taken
+        as stored (the network also learned other orientations, with less certainty).
         ``threads`` caps torch's threads for this call (e.g. 1 while other work uses the
         other cores: spinning OpenMP threads on an oversubscribed CPU cost more than they give).
         """
+        frame = np.eye(2) if orientation is None else display_matrix(*orientation)
         if threads is None:
-            return self._segment(images, pixel_spacing_mm)
+            return self._segment(images, pixel_spacing_mm, frame)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return self._segment(images, pixel_spacing_mm)
+            return self._segment(images, pixel_spacing_mm, frame)
         finally:
             torch.set_num_threads(previous)
 
-    def _segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> Segmentation:
+    def _segment(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float], frame: np.ndarray) -> Segmentation:
         stack = to_three_channels(np.asarray(images))
         s, _, h, w = stack.shape
         dr, dc = pixel_spacing_mm
         flags: list[list[str]] = [[] for _ in range(s)]
-        # pass 1: whole field of view
-        half_full = max(h * dr, w * dc) / 2
-        yy, xx = _window_coords((h - 1) / 2, (w - 1) / 2, half_full, (dr, dc))
+        # pass 1: whole field of view (a turned frame needs a larger window to hold its corners)
+        corners = np.array([[h * dr, w * dc], [h * dr, -w * dc]]) / 2
+        half_full = float(np.abs(corners @ frame).max())
+        yy, xx = _window_coords((h - 1) / 2, (w - 1) / 2, half_full, (dr, dc), frame)
         win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl] for sl in stack])
         coarse = self._probabilities(win).argmax(1)
         centres, extents = [], []
@@ -108,7 +132,7 @@ class Segmenter:
                 continue
             r, c = np.nonzero(heart | (coarse[k] == 3))
             centres.append((yy[r, c].mean(), xx[r, c].mean()))
-            extents.append(max(np.ptp(yy[r, c]) * dr, np.ptp(xx[r, c]) * dc))
+            extents.append(max(np.ptp(r), np.ptp(c)) * 2 * half_full / (GRID - 1))
         if centres:
             cy, cx = np.median(np.array(centres), axis=0)
             half = float(np.clip(np.median(extents) * 1.7, 150.0, 220.0)) / 2
@@ -117,12 +141,11 @@ class Segmenter:
             for f in flags:
                 f.append("heart not found in the full field of view: segmented without a crop")
         # pass 2: the window around the heart, probabilities mapped back to the image grid
-        yy, xx = _window_coords(cy, cx, half, (dr, dc))
+        yy, xx = _window_coords(cy, cx, half, (dr, dc), frame)
         win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl] for sl in stack])
         prob = self._probabilities(win)
         rows, cols = np.indices((h, w))
-        gr = (rows - yy[0, 0]) / (yy[-1, 0] - yy[0, 0]) * (GRID - 1)
-        gc = (cols - xx[0, 0]) / (xx[0, -1] - xx[0, 0]) * (GRID - 1)
+        gr, gc = _grid_index(rows, cols, cy, cx, half, (dr, dc), frame)
         inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
         labels = np.zeros((s, h, w), np.uint8)
         confidence = np.zeros(s)

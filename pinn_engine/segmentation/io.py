@@ -21,6 +21,12 @@ class Stack:
     reference: sitk.Image  # 3-D image carrying the stack's geometry
     pixel_spacing_mm: tuple[float, float]  # (between rows, between columns)
 
+    @property
+    def orientation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row cosine, column cosine) in LPS, as DICOM's Image Orientation (Patient) gives them."""
+        d = np.array(self.reference.GetDirection(), dtype=float).reshape(3, 3)
+        return d[:, 0], d[:, 1]
+
 
 def _from_volume(img: sitk.Image) -> Stack:
     arr = sitk.GetArrayFromImage(img).astype(np.float64)

@@ -29,7 +29,12 @@ class Sample:
     kind: str  # full | crop
 
 
-GENERATOR = 2  # 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors
+GENERATOR = 3
+# 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors (seg_v2);
+# 3: anatomical orientation (seg_v3): most samples in the display frame the node resamples every
+#    image into from its DICOM geometry (``pinn_engine.segmentation.orientation``), where the RV lies
+#    anterior and to the patient's right of the LV; the rest at any rotation or mirroring
+CANONICAL_FRACTION = 0.85  # generator 3: share of samples in the anatomical display frame
 
 
 def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: int = GENERATOR) -> Anatomy:
@@ -49,6 +54,14 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: i
         rv_angle_deg=float(rng.uniform(140, 200)),
         rv_wall_mm=float(rng.uniform(2.0, 5.0)),
     )
+    if version >= 3:
+        # anatomy in the display frame: the heart turns within +-45 deg, never mirrors (mirrored and
+        # rotated images come from the sample's orientation instead), and the RV centre lies
+        # 95-155 deg from the image right: the patient's right-anterior direction projects to
+        # 100-125 deg for short-axis planes tilted as usual (see ``orientation.display_frame``)
+        rot = a["rotation_deg"]
+        a.update(rotation_deg=rot if abs(rot) <= 45 else rot / 4, mirrored=False,
+                 rv_angle_deg=a["rv_angle_deg"] - 45)
     if version >= 2:
         a.update(
             rv_model="crescent" if rng.random() < 0.75 else "ellipse",
@@ -195,6 +208,12 @@ def make_sample(rng: np.random.Generator, version: int = GENERATOR) -> Sample:
     stack, labels, pixel_mm = make_slice(rng, matrix, version)
     # full field of view or a crop around the heart, resampled to GRID
     heart = labels > 0
+    if version >= 3:  # the slice's orientation on the grid: the display frame, turned a little, or any
+        display = rng.random() < CANONICAL_FRACTION
+        angle = float(rng.normal(0, 12) if display else rng.uniform(-180, 180))
+        flip = bool(not display and rng.random() < 0.5)
+    else:
+        angle, flip = 0.0, False
     if rng.random() < 0.5 and heart.any():
         cy, cx = ndimage.center_of_mass(heart)
         size_mm = rng.uniform(150, 220)
@@ -204,24 +223,38 @@ def make_sample(rng: np.random.Generator, version: int = GENERATOR) -> Sample:
         kind = "crop"
     else:
         cy = cx = (matrix - 1) / 2
-        half = matrix / 2
+        # the whole field of view at any angle, as the inference's first pass samples it
+        half = matrix / 2 * (abs(np.cos(np.radians(angle))) + abs(np.sin(np.radians(angle))))
         kind = "full"
-    image, lab = resample_window(stack, labels, cy, cx, half, GRID)
+    image, lab = resample_window(stack, labels, cy, cx, half, GRID, frame_matrix(angle, flip))
     image = normalise(image)
     if rng.random() < 0.5:
         image = image ** rng.uniform(0.6, 1.6)
-    k = int(rng.integers(0, 4))
-    image, lab = np.rot90(image, k, axes=(1, 2)), np.rot90(lab, k)
-    if rng.random() < 0.5:
-        image, lab = image[:, :, ::-1], lab[:, ::-1]
+    if version < 3:
+        k = int(rng.integers(0, 4))
+        image, lab = np.rot90(image, k, axes=(1, 2)), np.rot90(lab, k)
+        if rng.random() < 0.5:
+            image, lab = image[:, :, ::-1], lab[:, ::-1]
     return Sample(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(lab, dtype=np.uint8), kind)
 
 
+def frame_matrix(angle_deg: float = 0.0, flip: bool = False) -> np.ndarray:
+    """2x2 map from grid (down, right) offsets to image (row, column) offsets: a turn, then a mirror."""
+    a = np.radians(angle_deg)
+    m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    return m @ np.diag([1.0, -1.0]) if flip else m
+
+
 def resample_window(stack: np.ndarray, labels: np.ndarray | None, cy: float, cx: float, half: float,
-                    size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Square window of half-width ``half`` px around (cy, cx) resampled to size x size."""
+                    size: int, matrix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Square window of half-width ``half`` px around (cy, cx) resampled to size x size.
+
+    ``matrix`` (see ``frame_matrix``) turns/mirrors the window's axes on the image.
+    """
     coords = np.linspace(-half, half, size)
-    yy, xx = np.meshgrid(cy + coords, cx + coords, indexing="ij")
+    u, v = np.meshgrid(coords, coords, indexing="ij")
+    m = np.eye(2) if matrix is None else matrix
+    yy, xx = cy + m[0, 0] * u + m[0, 1] * v, cx + m[1, 0] * u + m[1, 1] * v
     img = np.stack([ndimage.map_coordinates(s, [yy, xx], order=1, mode="constant") for s in stack])
     lab = None if labels is None else ndimage.map_coordinates(labels, [yy, xx], order=0, mode="constant")
     return img, lab
