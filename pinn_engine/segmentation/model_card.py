@@ -13,40 +13,61 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
   weights fp16 ({size_mb:.1f} MB). Input: 3 channels (the echoes of a T2-prep series — first,
   middle, last — or one image repeated), normalised by the 99th percentile; 128x128 grid.
   Inference: whole field of view (heart localisation), then a 150-220 mm window around the
-  heart common to the stack, probabilities mapped back to the image grid.
+  heart common to the stack, probabilities mapped back to the image grid.{frame_text}
 - **Training data**: synthetic only (`pinn_engine.segmentation.synth`, built on the numerical
   phantom): random anatomy, contrasts (T2-prep multi-echo bright/black blood, single T2-weighted,
   fat-suppressed, perfusion-like), slow-flow signal, distractors, texture, coil shading, Gibbs,
-  Rician noise, masked backgrounds, whole-FOV and heart-crop samples, rotations/flips, gamma and
+  Rician noise, masked backgrounds, whole-FOV and heart-crop samples, {orientation_text}, gamma and
   intensity augmentation. **No real image was used for training.**
-- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} --steps {steps} --generator {generator}`
+- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} --steps {steps} --minutes 120 --generator {generator}`
   ({steps} steps, {epochs} epochs, {train_minutes} min wall time on the 2-core CPU ({device}); the shipped
-  run used a time budget, the step count above reproduces it from the seed; generator {generator}:
-  {generator_text}).
+  run used a time budget; with the step count above the run repeats from the seed with the same
+  data and batches, its learning-rate schedule following steps instead of the clock (equivalent
+  weights, not bit-identical); generator {generator}: {generator_text}).
 - **Validation** (`.venv/bin/python benchmarks/segmentation.py`):
 
 ```
 {benchmark}
 ```
-
+{notes}
 - **Limitations**: trained on a schematic torso. On real black-blood T2-weighted images at full
   field of view (MyoPS) the figures above are below what real-data models reach (LV ~0.88-0.95,
-  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV (extent, free-wall contrast, slow-flow signal)
-  and cavities with bright trabeculae or slow flow are the known gaps; a low-confidence or
-  missing structure is flagged per slice, never silently used. Research use only.
+  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV is found on the right side but drawn too small
+  (real dark-blood RVs are larger and blend into the lung), and cavities with bright trabeculae
+  or slow flow are the other known gap; a low-confidence or missing structure is flagged per
+  slice, never silently used. Images without a geometry are segmented as stored, where the
+  network is less certain of the RV's side. Research use only.
 """
 
 
-def write(weights: Path, benchmark_log: Path) -> Path:
+GENERATOR_TEXT = {
+    1: "ellipse RV",
+    2: "crescent RV, endocardial trabeculae, dark distractors",
+    3: "generator 2's anatomy in the anatomical display frame",
+}
+ORIENTATION_TEXT = {
+    1: "rotations/flips", 2: "rotations/flips",
+    3: "85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
+       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring",
+}
+FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
+              "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
+              "mirroring the images are stored with.")
+
+
+def write(weights: Path, benchmark_log: Path, notes: Path | None = None) -> Path:
+    """``notes``: optional Markdown appended after the validation block (history, comparisons)."""
     import torch
 
     with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
         meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]
     meta = {"generator": 1, "device": "cpu", **meta}  # seg_v1 predates both fields
-    generator_text = {1: "ellipse RV", 2: "crescent RV, endocardial trabeculae, dark distractors"}[meta["generator"]]
+    g = meta["generator"]
     text = TEMPLATE.format(
         name=weights.name, path=weights.as_posix(), size_mb=weights.stat().st_size / 1e6,
-        benchmark=benchmark_log.read_text().strip(), generator_text=generator_text, **meta,
+        benchmark=benchmark_log.read_text().strip(), generator_text=GENERATOR_TEXT[g],
+        orientation_text=ORIENTATION_TEXT[g], frame_text=FRAME_TEXT if g >= 3 else "",
+        notes="\n" + notes.read_text().strip() + "\n" if notes else "", **meta,
     )
     out = weights.with_name("MODEL_CARD.md")
     out.write_text(text)
@@ -54,4 +75,4 @@ def write(weights: Path, benchmark_log: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(write(Path(sys.argv[1]), Path(sys.argv[2])))
+    print(write(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None))
