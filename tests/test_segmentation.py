@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from pinn_engine.segmentation.infer import DEFAULT_WEIGHTS, Segmenter, to_three_channels
 from pinn_engine.segmentation.network import UNet, count_parameters
-from pinn_engine.segmentation.orientation import display_axes, display_matrix
+from pinn_engine.segmentation.orientation import display_matrix
 from pinn_engine.segmentation.synth import GRID, make_sample, make_slice
 
 

@@ -58,7 +58,7 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: i
         # anatomy in the display frame: the heart turns within +-45 deg, never mirrors (mirrored and
         # rotated images come from the sample's orientation instead), and the RV centre lies
         # 95-155 deg from the image right: the patient's right-anterior direction projects to
-        # 100-125 deg for short-axis planes tilted as usual (see ``orientation.display_frame``)
+        # 100-125 deg for short-axis planes tilted as usual (see ``orientation.display_axes``)
         rot = a["rotation_deg"]
         a.update(rotation_deg=rot if abs(rot) <= 45 else rot / 4, mirrored=False,
                  rv_angle_deg=a["rv_angle_deg"] - 45)
