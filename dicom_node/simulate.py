@@ -31,9 +31,7 @@ def sax_orientation(normal: np.ndarray = LONG_AXIS) -> tuple[np.ndarray, np.ndar
     Until generator 3 the rows ran the other way, which put the phantom's RV on the patient's
     left: harmless for AHA (which reads the sense from the RV), wrong anatomy for the network.
     """
-    normal = np.asarray(normal, dtype=float)
-    helper = np.cross(normal, [0.0, 0.0, 1.0])  # any in-plane direction: display_axes needs the plane only
-    return display_axes(helper, np.cross(normal, helper))
+    return display_axes(normal)
 
 
 def _format(v: float) -> str:

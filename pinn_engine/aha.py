@@ -22,15 +22,20 @@ ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)  # patient left, anterior, inferior
 
 
-def apex_normal(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndarray:
-    """Unit normal of a slice plane pointing base -> apex (towards patient left/anterior/inferior),
-    whichever handedness the images are stored with."""
-    n = np.cross(np.asarray(row_cosine, float), np.asarray(column_cosine, float))
+def toward_apex(normal: np.ndarray) -> np.ndarray:
+    """A slice plane's normal as a unit vector pointing base -> apex (towards patient
+    left/anterior/inferior), whichever sign it was given with."""
+    n = np.asarray(normal, dtype=float)
     length = np.linalg.norm(n)
     if not length > 1e-6:
         raise ValueError("image orientation has parallel or zero row and column directions")
     n = n / length
     return -n if n @ APEX_DIRECTION_LPS < 0 else n
+
+
+def apex_normal(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndarray:
+    """Unit normal of a slice plane pointing base -> apex, whichever handedness the images are stored with."""
+    return toward_apex(np.cross(np.asarray(row_cosine, float), np.asarray(column_cosine, float)))
 
 SEGMENT_NAMES = {
     1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",

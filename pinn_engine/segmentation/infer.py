@@ -20,7 +20,7 @@ from scipy import ndimage
 from pinn_engine.device import default_device
 from pinn_engine.segmentation.network import UNet
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import GRID, normalise
+from pinn_engine.segmentation.synth import GRID, normalise, window_coords
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v3.pt"
 LOW_CONFIDENCE = 0.7
@@ -45,10 +45,8 @@ def _window_coords(cy: float, cx: float, half_mm: float, spacing: tuple[float, f
                    frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Image (row, column) coordinates of the network grid: a window of half-width ``half_mm``
     around pixel (cy, cx), its axes turned/mirrored by ``frame`` (display -> image, in mm)."""
-    offsets = np.linspace(-half_mm, half_mm, GRID)
-    u, v = np.meshgrid(offsets, offsets, indexing="ij")
     dr, dc = spacing
-    return cy + (frame[0, 0] * u + frame[0, 1] * v) / dr, cx + (frame[1, 0] * u + frame[1, 1] * v) / dc
+    return window_coords(cy, cx, half_mm, GRID, frame / np.array([[dr], [dc]]))
 
 
 def _grid_index(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, half_mm: float,

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from pinn_engine.aha import ANTERIOR_LPS, apex_normal
+from pinn_engine.aha import ANTERIOR_LPS, toward_apex
 
 SUPERIOR_LPS = np.array([0.0, 0.0, 1.0])
 
 
-def display_axes(row_cosine: np.ndarray, column_cosine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(right, down) unit vectors in patient coordinates (LPS) of the display frame of a slice plane
-    given by any two orthonormal in-plane directions (the apex side is chosen from the anatomy)."""
-    n = apex_normal(row_cosine, column_cosine)
+def display_axes(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(right, down) unit vectors in patient coordinates (LPS) of the display frame of a slice plane.
+
+    ``normal``: the plane's normal, either sign (the apex side is chosen from the anatomy).
+    """
+    n = toward_apex(normal)
     up = ANTERIOR_LPS - (ANTERIOR_LPS @ n) * n
     if np.linalg.norm(up) < 0.2:  # a plane facing front or back (not a short axis): superior up instead
         up = SUPERIOR_LPS - (SUPERIOR_LPS @ n) * n
@@ -39,7 +41,7 @@ def display_matrix(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndar
     """
     row = np.asarray(row_cosine, dtype=float)
     col = np.asarray(column_cosine, dtype=float)
-    right, down = display_axes(row, col)
+    right, down = display_axes(np.cross(row, col))
     m = np.array([[down @ col, right @ col], [down @ row, right @ row]])
     u, _, vt = np.linalg.svd(m)  # the nearest orthogonal matrix: cosines are rounded in headers
     return u @ vt

@@ -245,16 +245,22 @@ def frame_matrix(angle_deg: float = 0.0, flip: bool = False) -> np.ndarray:
     return m @ np.diag([1.0, -1.0]) if flip else m
 
 
+def window_coords(cy: float, cx: float, half: float, size: int, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image (row, column) coordinates of a size x size grid spanning +-``half`` around (cy, cx),
+    its (down, right) axes mapped onto image offsets by ``matrix`` (a turn/mirror, and a scale
+    where ``half`` is in other units than pixels, as at inference: mm)."""
+    coords = np.linspace(-half, half, size)
+    u, v = np.meshgrid(coords, coords, indexing="ij")
+    return cy + matrix[0, 0] * u + matrix[0, 1] * v, cx + matrix[1, 0] * u + matrix[1, 1] * v
+
+
 def resample_window(stack: np.ndarray, labels: np.ndarray | None, cy: float, cx: float, half: float,
                     size: int, matrix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Square window of half-width ``half`` px around (cy, cx) resampled to size x size.
 
     ``matrix`` (see ``frame_matrix``) turns/mirrors the window's axes on the image.
     """
-    coords = np.linspace(-half, half, size)
-    u, v = np.meshgrid(coords, coords, indexing="ij")
-    m = np.eye(2) if matrix is None else matrix
-    yy, xx = cy + m[0, 0] * u + m[0, 1] * v, cx + m[1, 0] * u + m[1, 1] * v
+    yy, xx = window_coords(cy, cx, half, size, np.eye(2) if matrix is None else matrix)
     img = np.stack([ndimage.map_coordinates(s, [yy, xx], order=1, mode="constant") for s in stack])
     lab = None if labels is None else ndimage.map_coordinates(labels, [yy, xx], order=0, mode="constant")
     return img, lab
