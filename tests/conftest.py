@@ -4,9 +4,17 @@ import shutil
 
 import pytest
 
-from tests.helpers import NodeProcess, StoreSCPProcess
+from tests.helpers import NodeProcess, StoreSCPProcess, stop_servers
 
 DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "movescu", "getscu", "storescp")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_orphan_servers():
+    """A module fixture that fails after starting a server never reaches its teardown: whatever a
+    module's tests started and did not stop is stopped when the module ends."""
+    yield
+    stop_servers()
 
 
 @pytest.fixture(scope="session")

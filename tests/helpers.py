@@ -55,6 +55,31 @@ def run(cmd: Sequence[str], timeout: float = 120, check: bool = False, **kw) -> 
     return proc
 
 
+SERVERS: list[subprocess.Popen] = []  # every server a helper started; conftest stops stragglers at the end
+
+
+def spawn_server(cmd: Sequence[str], **kw) -> subprocess.Popen:
+    """Start a server process and register it, so a fixture that fails half-way leaves no orphan."""
+    proc = subprocess.Popen(list(map(str, cmd)), **kw)
+    SERVERS.append(proc)
+    return proc
+
+
+def stop_servers() -> None:
+    for proc in SERVERS:
+        stop_pid(proc)
+    SERVERS.clear()
+
+
+def wait_or_stop(proc: subprocess.Popen, port: int, timeout: float, what: str) -> None:
+    """``wait_for_port``; a server that never comes up is stopped before the failure is raised."""
+    try:
+        wait_for_port(port, timeout, proc, what)
+    except AssertionError:
+        stop_pid(proc)
+        raise
+
+
 def stop_pid(proc: subprocess.Popen, timeout: float = 10) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -89,9 +114,10 @@ class NodeProcess:
     def address(self) -> str:
         return f"{self.ae_title}@127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20) -> "NodeProcess":
+    def start(self, timeout: float = 60) -> "NodeProcess":
+        # generous: a node importing torch on a loaded two-core CI machine can take tens of seconds
         out = open(self.output, "ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn_server(
             [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)],
             stdout=out, stderr=subprocess.STDOUT, env=DCMTK_ENV,
         )
@@ -103,6 +129,7 @@ class NodeProcess:
             if self.accepting():
                 return self
             time.sleep(0.1)
+        stop_pid(self.proc)
         raise AssertionError(f"node did not start within {timeout} s:\n{self.output.read_text()}")
 
     def accepting(self) -> bool:
@@ -156,12 +183,12 @@ class StoreSCPProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "StoreSCPProcess":
-        self.proc = subprocess.Popen(
+        self.proc = spawn_server(
             ["storescp", "--aetitle", self.ae_title, "--output-directory", str(self.dir), "--accept-all",
              str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV,
         )
-        wait_for_port(self.port, 10, self.proc, "storescp")
+        wait_or_stop(self.proc, self.port, 30, "storescp")
         return self
 
     def stop(self) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import DCMTK_ENV, free_port, stop_pid, wait_for_port
+from tests.helpers import DCMTK_ENV, free_port, spawn_server, stop_pid, wait_or_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,9 @@ class OrthancProcess:
 
     def start(self) -> "OrthancProcess":
         self.log = open(self.dir / "orthanc.log", "wb")
-        self.proc = subprocess.Popen(["Orthanc", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=DCMTK_ENV)
-        wait_for_port(self.dicom_port, 30, self.proc, "Orthanc")
+        self.proc = spawn_server(["Orthanc", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT,
+                                 env=DCMTK_ENV)
+        wait_or_stop(self.proc, self.dicom_port, 30, "Orthanc")
         return self
 
     def stop(self) -> None:
