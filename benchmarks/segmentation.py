@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/segmentation.py [--weights PATH] [--myops DIR]
 
 (a) Dice for LV blood pool, LV myocardium, RV on 200 held-out synthetic slices (a seed
-    never used in training), through the full inference path (localisation + crop);
+    never used in training, from the generator the weights were trained on unless
+    --generator names another), through the full inference path (localisation + crop);
 (b) Dice per case (3-D, all slices) on every case of ../shared/data/myops-dev at full
     field of view (MyoPS labels: 500 -> LV, 200+1220+2221 -> myocardium, 600 -> RV);
     validation only — cite the MyoPS challenge (Zhuang et al., MICCAI 2020);
@@ -46,14 +47,14 @@ def summary(rows: list[list[float]], label: str) -> None:
         print(f"  {name:10s} mean {np.nanmean(a[:, i]):.3f}  median {np.nanmedian(a[:, i]):.3f}")
 
 
-def synthetic(seg: Segmenter, n: int) -> None:
+def synthetic(seg: Segmenter, n: int, generator: int) -> None:
     rng = np.random.default_rng(HELD_OUT_SEED)
     rows = []
     for _ in range(n):
-        stack, labels, px = make_slice(rng)
+        stack, labels, px = make_slice(rng, version=generator)
         pred = seg(stack[None], (px, px)).labels[0]
         rows.append([dice(pred, labels, c) for c in (1, 2, 3)])
-    summary(rows, f"(a) held-out synthetic slices (seed {HELD_OUT_SEED})")
+    summary(rows, f"(a) held-out synthetic slices (generator {generator}, seed {HELD_OUT_SEED})")
 
 
 def myops(seg: Segmenter, folder: Path) -> None:
@@ -80,14 +81,14 @@ def myops(seg: Segmenter, folder: Path) -> None:
     summary(rows, "    per-case Dice")
 
 
-def aha_landmarks(seg: Segmenter, n: int) -> None:
+def aha_landmarks(seg: Segmenter, n: int, generator: int) -> None:
     from dicom_node.simulate import sax_orientation
 
     row, col = sax_orientation()
     rng = np.random.default_rng(HELD_OUT_SEED + 1)
     errors, missing = [], 0
     for _ in range(n):
-        stack, labels, px = make_slice(rng)
+        stack, labels, px = make_slice(rng, version=generator)
         geom = SliceGeometry(row, col, (px, px), np.zeros(3))
         pred = seg(stack[None], (px, px)).labels[0]
         t, p = insertion_points(labels, geom), insertion_points(pred, geom)
@@ -120,12 +121,15 @@ def main() -> int:
     ap.add_argument("--weights")
     ap.add_argument("--myops", default=str(ROOT.parent / "shared" / "data" / "myops-dev"))
     ap.add_argument("--synthetic", type=int, default=200)
+    ap.add_argument("--generator", type=int,
+                    help="synthetic-data generator for (a) and (c) (default: the one the weights were trained on)")
     args = ap.parse_args()
     seg = Segmenter(args.weights)
     print(f"model: {seg.meta}")
-    synthetic(seg, args.synthetic)
+    generator = args.generator or seg.meta.get("generator", 1)
+    synthetic(seg, args.synthetic, generator)
     myops(seg, Path(args.myops))
-    aha_landmarks(seg, 100)
+    aha_landmarks(seg, 100, generator)
     speed(seg)
     return 0
 

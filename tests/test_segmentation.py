@@ -8,11 +8,14 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
-from pinn_engine.segmentation.infer import DEFAULT_WEIGHTS, Segmenter, to_three_channels
+from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, clean_labels,
+                                           to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import GRID, make_sample, make_slice
+from pinn_engine.phantom import Anatomy, Tissue, tissue_map
+from pinn_engine.segmentation.synth import GRID, _black_blood_texture, make_sample, make_slice
 
 
 def test_network_is_compact():
@@ -33,6 +36,57 @@ def test_synthetic_samples_are_varied_labelled_and_reproducible():
     assert sum((s.labels == 2).any() for s in samples) >= 10
     stack, labels, px = make_slice(np.random.default_rng(5))
     assert stack.shape[0] == 3 and labels.shape == stack.shape[1:] and 1.4 < px < 2.1
+
+
+def test_black_blood_rv_is_textured_along_its_wall_and_nothing_but_blood_changes():
+    # a uniformly black RV is what lung looks like; real black-blood RVs carry grey trabeculae
+    tissues = tissue_map(Anatomy(rv_model="crescent", rv_angle_deg=110.0, rv_depth_mm=40.0), 0.3)
+    blood = np.isin(tissues, [Tissue.LV_BLOOD, Tissue.RV_BLOOD])
+    rv = tissues == Tissue.RV_BLOOD
+    assert rv.sum() > 200
+    m0 = np.where(blood, 0.05, 1.0)
+    before = m0.copy()
+    _black_blood_texture(np.random.default_rng(0), m0, tissues, blood)
+    changed = m0 != before
+    assert changed[rv].any() and not changed[~blood].any()
+    rim = ndimage.binary_dilation(tissues == Tissue.RV_WALL, iterations=2) & rv
+    assert (m0[rim] >= 0.15).mean() > 0.2
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.indices(shape)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_cleaning_keeps_the_blood_pools_the_myocardium_holds_not_the_biggest_look_alikes():
+    lab = np.zeros((120, 120), np.uint8)
+    lab[_disc(lab.shape, 60, 60, 18)] = 2
+    lab[_disc(lab.shape, 60, 60, 10)] = 1  # the LV cavity inside the ring
+    lab[_disc(lab.shape, 20, 100, 14)] = 1  # a bigger bright look-alike (stomach) away from the heart
+    lab[_disc(lab.shape, 100, 15, 12) & ~_disc(lab.shape, 60, 60, 19)] = 3  # a dark blob far away: larger
+    lab[_disc(lab.shape, 38, 45, 9) & ~_disc(lab.shape, 60, 60, 18)] = 3  # the RV against the septum
+    lab[_disc(lab.shape, 105, 105, 3)] = 2  # a speck of "myocardium" elsewhere
+    out = clean_labels(lab)
+    assert (out == 1).sum() == _disc(lab.shape, 60, 60, 10).sum()
+    assert out[60, 60] == 1 and out[20, 100] == 0
+    assert out[35, 42] == 3 and out[100, 15] == 0 and out[105, 105] == 0
+    # without any myocardium the largest region of each class stays (nothing better to anchor it)
+    only = np.zeros_like(lab)
+    only[_disc(lab.shape, 20, 100, 14)] = 1
+    only[_disc(lab.shape, 90, 30, 5)] = 1
+    assert clean_labels(only)[20, 100] == 1 and clean_labels(only)[90, 30] == 0
+
+
+def test_a_slice_whose_lv_strays_from_the_stack_is_flagged():
+    labels = np.zeros((4, 100, 100), np.uint8)
+    for k, (cy, cx) in enumerate([(50, 50), (52, 49), (49, 52), (50, 85)]):
+        labels[k][_disc((100, 100), cy, cx, 8)] = 1
+    flags = [[] for _ in range(4)]
+    _flag_stray_slices(labels, (1.0, 1.0), flags)  # the last LV is 35 mm off: beyond 30 mm
+    assert flags[:3] == [[], [], []] and "from the rest of the stack" in flags[3][0]
+    flags = [[] for _ in range(4)]
+    _flag_stray_slices(labels, (0.5, 0.5), flags)  # the same pixels at half the spacing: 17 mm
+    assert flags == [[], [], [], []]
 
 
 def test_channel_mapping_uses_all_echoes():

@@ -22,7 +22,7 @@ from pinn_engine.segmentation.network import UNet
 from pinn_engine.segmentation.orientation import display_matrix
 from pinn_engine.segmentation.synth import GRID, normalise, window_coords
 
-DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v3.pt"
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v4.pt"
 LOW_CONFIDENCE = 0.7
 
 
@@ -66,6 +66,49 @@ def _largest(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
     return lab == int(np.argmax(sizes)) + 1
+
+
+def _component(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """The connected component of ``mask`` that overlaps ``anchor`` most; the largest if none does.
+
+    A blood pool belongs inside or against the myocardium: a bigger look-alike elsewhere (a
+    bright stomach, a dark bowel loop) must not win over the one the myocardium holds."""
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    touch = ndimage.sum(anchor, lab, index=np.arange(1, n + 1))
+    if touch.max() > 0:
+        return lab == int(np.argmax(touch)) + 1
+    return _largest(mask)
+
+
+def clean_labels(lab: np.ndarray) -> np.ndarray:
+    """One connected region per class: the largest myocardium, the LV blood pool that myocardium
+    encloses, the RV blood pool that touches it."""
+    out = np.zeros_like(lab)
+    myo = _largest(lab == 2)
+    inside = ndimage.binary_fill_holes(myo) & ~myo
+    out[myo] = 2
+    out[_component(lab == 1, inside | ndimage.binary_dilation(myo, iterations=2))] = 1
+    out[_component(lab == 3, ndimage.binary_dilation(myo, iterations=3))] = 3
+    return out
+
+
+STRAY_MM = 30.0  # an LV centre this far from the stack's median is another structure, not the LV
+
+
+def _flag_stray_slices(labels: np.ndarray, spacing: tuple[float, float], flags: list[list[str]]) -> None:
+    """Short-axis slices share the LV long axis: a slice whose LV lies far from the others' has
+    most likely labelled something else (stomach, aorta) and is flagged, not trusted."""
+    centres = {k: np.array(ndimage.center_of_mass(lab == 1)) * spacing for k, lab in enumerate(labels)
+               if (lab == 1).any()}
+    if len(centres) < 3:
+        return
+    median = np.median(np.array(list(centres.values())), axis=0)
+    for k, c in centres.items():
+        distance = float(np.hypot(*(c - median)))
+        if distance > STRAY_MM:
+            flags[k].append(f"LV {distance:.0f} mm from the rest of the stack: probably not the LV")
 
 
 class Segmenter:
@@ -155,10 +198,7 @@ class Segmenter:
             full[0] = 1.0
             for c in range(4):
                 full[c][inside] = ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
-            lab = full.argmax(0).astype(np.uint8)
-            cleaned = np.zeros_like(lab)
-            for c in (1, 2, 3):
-                cleaned[_largest(lab == c)] = c
+            cleaned = clean_labels(full.argmax(0).astype(np.uint8))
             labels[k] = cleaned
             heart = cleaned > 0
             confidence[k] = float(full.max(0)[heart].mean()) if heart.any() else 0.0
@@ -167,4 +207,5 @@ class Segmenter:
                     flags[k].append(f"no {name} found")
             if heart.any() and confidence[k] < LOW_CONFIDENCE:
                 flags[k].append(f"low segmentation confidence ({confidence[k]:.2f})")
+        _flag_stray_slices(labels, (dr, dc), flags)
         return Segmentation(labels, confidence, flags, (float(cy), float(cx), half))

@@ -32,10 +32,12 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
 {notes}
 - **Limitations**: trained on a schematic torso. On real black-blood T2-weighted images at full
   field of view (MyoPS) the figures above are below what real-data models reach (LV ~0.88-0.95,
-  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV is found on the right side but drawn too small
-  (real dark-blood RVs are larger and blend into the lung), and cavities with bright trabeculae
-  or slow flow are the other known gap; a low-confidence or missing structure is flagged per
-  slice, never silently used. Images without a geometry are segmented as stored, where the
+  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV is still drawn too small in about a third of
+  the cases (its dark free-wall side blends into lung and fat), the LV blood pool is drawn a
+  little small where bright trabeculae or slow flow fill it, and at the ends of a stack the
+  network can take another round structure (stomach, aorta) for the heart; that slice is
+  flagged (its LV lies far from the rest of the stack), as is any low-confidence or missing
+  structure, never silently used. Images without a geometry are segmented as stored, where the
   network is less certain of the RV's side. Research use only.
 """
 
@@ -44,12 +46,14 @@ GENERATOR_TEXT = {
     1: "ellipse RV",
     2: "crescent RV, endocardial trabeculae, dark distractors",
     3: "generator 2's anatomy in the anatomical display frame",
+    4: "generator 3 with black-blood RV trabeculae and flow-artefact streaks, a wider and deeper RV crescent",
 }
 ORIENTATION_TEXT = {
     1: "rotations/flips", 2: "rotations/flips",
     3: "85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
        "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring",
 }
+ORIENTATION_TEXT[4] = ORIENTATION_TEXT[3]
 FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")

@@ -6,7 +6,7 @@ derived from the slice plane alone: looking from the apex, image down is the pat
 posterior as projected onto the plane (anterior up), image right completes the frame. In
 it the RV lies up and to the left of the LV (the patient's right-anterior direction projects
 to 100-125 deg from the image right for usual short-axis tilts), the spine below and the
-liver to the left, as in the synthetic training data (``synth``, generator 3). Without a
+liver to the left, as in the synthetic training data (``synth``, generators 3 and later). Without a
 geometry the image is taken as stored.
 """
 

@@ -29,12 +29,15 @@ class Sample:
     kind: str  # full | crop
 
 
-GENERATOR = 3
+GENERATOR = 4
 # 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors (seg_v2);
 # 3: anatomical orientation (seg_v3): most samples in the display frame the node resamples every
 #    image into from its DICOM geometry (``pinn_engine.segmentation.orientation``), where the RV lies
 #    anterior and to the patient's right of the LV; the rest at any rotation or mirroring
-CANONICAL_FRACTION = 0.85  # generator 3: share of samples in the anatomical display frame
+# 4: (seg_v4) black blood as it looks in both ventricles: RV trabeculae along the free wall and the septum,
+#    flow-artefact streaks across the blood pools, so a dark RV is told from lung by texture and
+#    wall, not by being the only uniformly black region; a wider, deeper RV crescent
+CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
 def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: int = GENERATOR) -> Anatomy:
@@ -78,6 +81,8 @@ def random_anatomy(rng: np.random.Generator, matrix: int, fov: float, version: i
         oedema_sector_deg=(float(rng.uniform(0, 360)), float(rng.uniform(30, 120))) if rng.random() < 0.4 else None,
         apex_scale=float(rng.uniform(0.4, 0.7)),
     )
+    if version >= 4:  # the RV wraps further round the septum and reaches deeper at the base
+        a.update(rv_span_deg=float(rng.uniform(120, 220)), rv_depth_mm=float(rng.uniform(18, 60)))
     return Anatomy(**a)
 
 
@@ -113,6 +118,20 @@ def _blobs(rng, shape, n, radius_px):
         r = rng.uniform(*radius_px)
         out |= ((yy - cy) / r) ** 2 + ((xx - cx) / (r * rng.uniform(0.6, 1.6))) ** 2 <= 1
     return out
+
+
+def _black_blood_texture(rng, m0, tissues, blood):
+    """Grey RV trabeculae along the free wall and streaks of flow artefact across the blood pools."""
+    rv_wall = tissues == Tissue.RV_WALL
+    rim = ndimage.binary_dilation(rv_wall, iterations=int(rng.integers(1, 4))) & (tissues == Tissue.RV_BLOOD)
+    m0[rim & (ndimage.gaussian_filter(rng.random(m0.shape), 0.8) > rng.uniform(0.45, 0.55))] = rng.uniform(0.3, 0.9)
+    if rng.random() < 0.7:
+        # ghosting along the phase-encoding direction: thin streaks, row- or column-wise
+        sigma = (0.6, float(rng.uniform(2, 8)))
+        field = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), sigma if rng.random() < 0.5 else sigma[::-1])
+        field /= max(field.std(), 1e-9)
+        streak = blood & (field > rng.uniform(0.3, 1.5))
+        m0[streak] = np.maximum(m0[streak], rng.uniform(0.15, 0.6) * (1 + 0.3 * field[streak]))
 
 
 def _kspace_truncate(img, keep):
@@ -157,6 +176,8 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         else:
             trab = blood & (ndimage.binary_dilation(labels == 2, iterations=2)) & (rng.random(m0.shape) < 0.3)
             m0[trab] = rng.uniform(0.4, 0.9)
+        if version >= 4:
+            _black_blood_texture(rng, m0, tissues, blood)
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
