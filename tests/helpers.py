@@ -55,7 +55,7 @@ def run(cmd: Sequence[str], timeout: float = 120, check: bool = False, **kw) -> 
     return proc
 
 
-SERVERS: list[subprocess.Popen] = []  # every server a helper started; conftest stops stragglers at the end
+SERVERS: list[subprocess.Popen] = []  # every server a helper started; conftest stops stragglers per module
 
 
 def spawn_server(cmd: Sequence[str], **kw) -> subprocess.Popen:

@@ -34,7 +34,7 @@ GENERATOR = 4
 # 3: anatomical orientation (seg_v3): most samples in the display frame the node resamples every
 #    image into from its DICOM geometry (``pinn_engine.segmentation.orientation``), where the RV lies
 #    anterior and to the patient's right of the LV; the rest at any rotation or mirroring
-# 4: (seg_v4) black blood as it looks in both ventricles: RV trabeculae along the free wall and the septum,
+# 4: (seg_v4) black blood as it looks in both ventricles: RV trabeculae along the free wall (not only the septum),
 #    flow-artefact streaks across the blood pools, so a dark RV is told from lung by texture and
 #    wall, not by being the only uniformly black region; a wider, deeper RV crescent
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
