@@ -6,6 +6,7 @@ import socket
 import time
 
 from pynetdicom import evt
+from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
 
@@ -19,7 +20,8 @@ def _tune_socket(event: evt.Event) -> None:
       PACS) writes a PDU's header and body separately and holds the second write until
       the first is acknowledged; a delayed ACK costs each C-STORE ~40 ms. Measured with
       the node sending a 96 kB SR to storescp: 67 -> 25 ms per C-STORE.
-    - The adaptive DUL poll below.
+    - The adaptive DUL poll below, and the guard against a stolen DIMSE response
+      (``_ResponseKeepingAssociation``).
     """
     wrapper = getattr(event.assoc.dul, "socket", None)
     sock = getattr(wrapper, "socket", None)
@@ -44,6 +46,29 @@ def _tune_socket(event: evt.Event) -> None:
     dul = event.assoc.dul
     if isinstance(dul, DULServiceProvider) and not isinstance(dul, _AdaptivePollDUL):
         dul.__class__ = _AdaptivePollDUL
+    if type(event.assoc) is Association:
+        event.assoc.__class__ = _ResponseKeepingAssociation
+
+
+class _ResponseKeepingAssociation(Association):
+    """pynetdicom's association with the response its own send_*() waits for kept, not dropped.
+
+    A send_*() call pauses the association's reactor (clears a checkpoint, waits until the
+    reactor says it is paused), sends the request and waits on the DIMSE queue for the
+    response. The pause handshake has a window: the reactor flags itself paused, passes the
+    still-open checkpoint, and the sender, seeing the flag, goes on while the reactor makes one
+    more round, in which it can take the response off the queue. pynetdicom 3.0.4 then logs
+    "Received unexpected C-STORE service message", drops it, and the sender waits out the
+    DIMSE timeout (30 s) and aborts: a C-MOVE sub-operation failed (0xB000) or a send retried.
+    Seen under CPU load in about 1 of 15 C-MOVEs. A response taken while a send_*() is waiting
+    (checkpoint cleared) goes back on the queue for it.
+    """
+
+    def _serve_request(self, msg, context_id: int) -> None:
+        if not msg.is_valid_request and msg.is_valid_response and not self._reactor_checkpoint.is_set():
+            self.dimse.msg_queue.put((context_id, msg))
+            return
+        super()._serve_request(msg, context_id)
 
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only

@@ -202,7 +202,7 @@ def test_accepted_sockets_use_tcp_nodelay(tmp_path, dcmtk):
     import time
 
     from dicom_node.config import Config, NodeSection
-    from dicom_node.netutil import _AdaptivePollDUL
+    from dicom_node.netutil import _AdaptivePollDUL, _ResponseKeepingAssociation
     from dicom_node.node import Node
     from tests.helpers import free_port
 
@@ -220,6 +220,7 @@ def test_accepted_sockets_use_tcp_nodelay(tmp_path, dcmtk):
         assert server_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         dul = server_assocs[0].dul
         assert isinstance(dul, _AdaptivePollDUL)
+        assert isinstance(server_assocs[0], _ResponseKeepingAssociation)  # C-GET sends on it
         dul.QUIET_S = 30.0  # no slow test machine can make this idle
         assert assoc.send_c_echo().Status == 0
         assert dul._run_loop_delay == dul.BUSY_DELAY_S

@@ -109,3 +109,24 @@ def test_cli_echo_and_send(storescp_factory, tmp_path):
     assert down.returncode == 1
     bad = run([sys.executable, "-m", "dicom_node", "send", "--to", "not-an-address", str(files[0])])
     assert bad.returncode == 2
+
+
+def test_a_response_the_reactor_takes_during_a_send_is_kept_for_it():
+    # pynetdicom's reactor can take the response a send_*() waits for (its pause handshake has a
+    # window); it must go back on the DIMSE queue, or the send waits out the DIMSE timeout
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from dicom_node.netutil import _ResponseKeepingAssociation
+
+    assoc = Association(AE(), "requestor")
+    assoc.__class__ = _ResponseKeepingAssociation
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0x0000
+    assoc._reactor_checkpoint.clear()  # a send_*() is waiting for its response
+    assoc._serve_request(rsp, 1)
+    assert assoc.dimse.msg_queue.get_nowait() == (1, rsp)
+    assoc._reactor_checkpoint.set()  # nobody waiting: pynetdicom's own handling (dropped, logged)
+    assoc._serve_request(rsp, 1)
+    assert assoc.dimse.msg_queue.empty()
