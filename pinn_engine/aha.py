@@ -37,6 +37,7 @@ def apex_normal(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndarray
     """Unit normal of a slice plane pointing base -> apex, whichever handedness the images are stored with."""
     return toward_apex(np.cross(np.asarray(row_cosine, float), np.asarray(column_cosine, float)))
 
+
 SEGMENT_NAMES = {
     1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",
     5: "basal inferolateral", 6: "basal anterolateral", 7: "mid anterior", 8: "mid anteroseptal",

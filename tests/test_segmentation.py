@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from pinn_engine.phantom import Anatomy, Tissue, tissue_map
 from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, clean_labels,
                                            to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.phantom import Anatomy, Tissue, tissue_map
 from pinn_engine.segmentation.synth import GRID, _black_blood_texture, make_sample, make_slice
 
 

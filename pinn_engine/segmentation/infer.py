@@ -76,10 +76,10 @@ def _component(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     lab, n = ndimage.label(mask)
     if n <= 1:
         return mask
-    touch = ndimage.sum(anchor, lab, index=np.arange(1, n + 1))
-    if touch.max() > 0:
-        return lab == int(np.argmax(touch)) + 1
-    return _largest(mask)
+    index = np.arange(1, n + 1)
+    touch = ndimage.sum(anchor, lab, index=index)
+    score = touch if touch.max() > 0 else ndimage.sum(mask, lab, index=index)
+    return lab == int(np.argmax(score)) + 1
 
 
 def clean_labels(lab: np.ndarray) -> np.ndarray:

@@ -48,12 +48,9 @@ GENERATOR_TEXT = {
     3: "generator 2's anatomy in the anatomical display frame",
     4: "generator 3 with black-blood RV trabeculae and flow-artefact streaks, a wider and deeper RV crescent",
 }
-ORIENTATION_TEXT = {
-    1: "rotations/flips", 2: "rotations/flips",
-    3: "85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
-       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring",
-}
-ORIENTATION_TEXT[4] = ORIENTATION_TEXT[3]
+DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
+                      "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")
+ORIENTATION_TEXT = {1: "rotations/flips", 2: "rotations/flips", 3: DISPLAY_FRAME_TEXT, 4: DISPLAY_FRAME_TEXT}
 FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")
