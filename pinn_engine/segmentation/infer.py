@@ -60,12 +60,20 @@ def _grid_index(rows: np.ndarray, cols: np.ndarray, cy: float, cx: float, half_m
     return (u + half_mm) * scale, (v + half_mm) * scale
 
 
-def _largest(mask: np.ndarray) -> np.ndarray:
+def _largest(mask: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of ``mask``; with ``within``, the largest whose centre lies
+    in ``within`` (the largest of all if none does)."""
     lab, n = ndimage.label(mask)
-    if n <= 1:
+    if n <= 1 and within is None:
         return mask
-    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
-    return lab == int(np.argmax(sizes)) + 1
+    index = np.arange(1, n + 1)
+    sizes = ndimage.sum(mask, lab, index=index)
+    if within is not None and n:
+        centres = np.rint(ndimage.center_of_mass(mask, lab, index)).astype(int).reshape(-1, 2)
+        inside = within[centres[:, 0], centres[:, 1]]
+        if inside.any():
+            sizes = np.where(inside, sizes, -1)
+    return lab == int(np.argmax(sizes)) + 1 if n else mask
 
 
 def _component(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
@@ -82,11 +90,11 @@ def _component(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(score)) + 1
 
 
-def clean_labels(lab: np.ndarray) -> np.ndarray:
-    """One connected region per class: the largest myocardium, the LV blood pool that myocardium
-    encloses, the RV blood pool that touches it."""
+def clean_labels(lab: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
+    """One connected region per class: the largest myocardium (the largest centred in ``near``
+    where one is), the LV blood pool that myocardium encloses, the RV blood pool that touches it."""
     out = np.zeros_like(lab)
-    myo = _largest(lab == 2)
+    myo = _largest(lab == 2, near)
     inside = ndimage.binary_fill_holes(myo) & ~myo
     out[myo] = 2
     out[_component(lab == 1, inside | ndimage.binary_dilation(myo, iterations=2))] = 1
@@ -97,16 +105,44 @@ def clean_labels(lab: np.ndarray) -> np.ndarray:
 STRAY_MM = 30.0  # an LV centre this far from the stack's median is another structure, not the LV
 
 
+def _lv_centres(labels: np.ndarray, spacing: tuple[float, float]) -> dict[int, np.ndarray]:
+    """Slice -> LV blood pool centre (mm from the image corner), for the slices that have one."""
+    return {k: np.array(ndimage.center_of_mass(lab == 1)) * spacing for k, lab in enumerate(labels)
+            if (lab == 1).any()}
+
+
+def _stack_centre(centres: dict[int, np.ndarray]) -> np.ndarray | None:
+    """The stack's LV axis as the median of the slices' LV centres; None below 3 slices."""
+    return np.median(np.array(list(centres.values())), axis=0) if len(centres) >= 3 else None
+
+
+def _rechoose_stray_slices(raw: np.ndarray, labels: np.ndarray, spacing: tuple[float, float]) -> None:
+    """A slice whose largest myocardium lies far from the stack's LV axis (an end slice that caught
+    the stomach or aorta) keeps instead the ring next to the axis, where the network found one."""
+    centres = _lv_centres(labels, spacing)
+    axis = _stack_centre(centres)
+    if axis is None:
+        return
+    rows, cols = np.indices(labels.shape[1:])
+    near = np.hypot(rows * spacing[0] - axis[0], cols * spacing[1] - axis[1]) <= STRAY_MM
+    for k, c in centres.items():
+        if np.hypot(*(c - axis)) <= STRAY_MM:
+            continue
+        again = clean_labels(raw[k], near)
+        lv = again == 1
+        if lv.any() and np.hypot(*(np.array(ndimage.center_of_mass(lv)) * spacing - axis)) <= STRAY_MM:
+            labels[k] = again
+
+
 def _flag_stray_slices(labels: np.ndarray, spacing: tuple[float, float], flags: list[list[str]]) -> None:
     """Short-axis slices share the LV long axis: a slice whose LV lies far from the others' has
     most likely labelled something else (stomach, aorta) and is flagged, not trusted."""
-    centres = {k: np.array(ndimage.center_of_mass(lab == 1)) * spacing for k, lab in enumerate(labels)
-               if (lab == 1).any()}
-    if len(centres) < 3:
+    centres = _lv_centres(labels, spacing)
+    axis = _stack_centre(centres)
+    if axis is None:
         return
-    median = np.median(np.array(list(centres.values())), axis=0)
     for k, c in centres.items():
-        distance = float(np.hypot(*(c - median)))
+        distance = float(np.hypot(*(c - axis)))
         if distance > STRAY_MM:
             flags[k].append(f"LV {distance:.0f} mm from the rest of the stack: probably not the LV")
 
@@ -189,21 +225,28 @@ class Segmenter:
         gr, gc = _grid_index(rows, cols, cy, cx, half, (dr, dc), frame)
         inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
         labels = np.zeros((s, h, w), np.uint8)
-        confidence = np.zeros(s)
+        raw = np.zeros((s, h, w), np.uint8)
+        top = np.zeros((s, h, w), np.float32)  # the winning class's probability
+        blank = [np.ptp(stack[k]) == 0 for k in range(s)]
         for k in range(s):
-            if np.ptp(stack[k]) == 0:  # a constant image holds no anatomy, whatever the network says
+            if blank[k]:  # a constant image holds no anatomy, whatever the network says
                 flags[k].append("slice has no signal (constant image): nothing segmented")
                 continue
             full = np.zeros((4, h, w))
             full[0] = 1.0
             for c in range(4):
                 full[c][inside] = ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
-            cleaned = clean_labels(full.argmax(0).astype(np.uint8))
-            labels[k] = cleaned
-            heart = cleaned > 0
-            confidence[k] = float(full.max(0)[heart].mean()) if heart.any() else 0.0
+            raw[k], top[k] = full.argmax(0), full.max(0)
+            labels[k] = clean_labels(raw[k])
+        _rechoose_stray_slices(raw, labels, (dr, dc))
+        confidence = np.zeros(s)
+        for k in range(s):
+            if blank[k]:
+                continue
+            heart = labels[k] > 0
+            confidence[k] = float(top[k][heart].mean()) if heart.any() else 0.0
             for c, name in ((1, "LV blood pool"), (2, "myocardium"), (3, "RV")):
-                if not (cleaned == c).any():
+                if not (labels[k] == c).any():
                     flags[k].append(f"no {name} found")
             if heart.any() and confidence[k] < LOW_CONFIDENCE:
                 flags[k].append(f"low segmentation confidence ({confidence[k]:.2f})")
