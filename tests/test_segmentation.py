@@ -11,11 +11,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pinn_engine.phantom import Anatomy, Tissue, tissue_map
-from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, clean_labels,
-                                           to_three_channels)
+from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, _rechoose_stray_slices,
+                                           clean_labels, to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import GRID, _black_blood_texture, make_sample, make_slice
+from pinn_engine.segmentation.synth import (GRID, _black_blood_texture, _fat_pad, _fat_strands, _slow_flow_fill,
+                                           make_sample, make_slice)
 
 
 def test_network_is_compact():
@@ -53,6 +54,41 @@ def test_black_blood_rv_is_textured_along_its_wall_and_nothing_but_blood_changes
     assert (m0[rim] >= 0.15).mean() > 0.2
 
 
+def test_slow_flow_fills_a_cavity_from_its_wall_and_nothing_else():
+    # MyoPS-like failure: a cavity full of grey slow flow was taken for myocardium
+    tissues = tissue_map(Anatomy(rv_model="crescent", rv_depth_mm=40.0), 0.3)
+    blood = np.isin(tissues, [Tissue.LV_BLOOD, Tissue.RV_BLOOD])
+    lv = tissues == Tissue.LV_BLOOD
+    filled = 0
+    for seed in range(12):
+        m0 = np.where(blood, 0.05, 1.0)
+        _slow_flow_fill(np.random.default_rng(seed), m0, tissues, 320 / 192)
+        assert (m0[~blood] == 1.0).all()
+        if (m0[lv] > 0.05).mean() > 0.5:
+            filled += 1
+            depth = ndimage.distance_transform_edt(lv)
+            assert m0[lv & (depth <= 2)].mean() > m0[lv & (depth >= 8)].mean()  # brightest at the wall
+    assert 1 <= filled <= 8  # some slices, not all
+
+
+def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():
+    # dark suppressed fat over the RV is as dark as its blood: the RV must end at its free wall
+    tissues = tissue_map(Anatomy(rv_model="crescent", rv_angle_deg=110.0, rv_depth_mm=40.0), 0.3)
+    labels_before = np.isin(tissues, [Tissue.LV_BLOOD, Tissue.MYOCARDIUM, Tissue.RV_BLOOD, Tissue.PAPILLARY])
+    fat_before = (tissues == Tissue.PERICARDIAL_FAT).sum()
+    padded = tissues.copy()
+    _fat_pad(np.random.default_rng(1), padded, 320 / 192)
+    assert (padded[labels_before] == tissues[labels_before]).all()  # the heart and its labels stay
+    fat = padded == Tissue.PERICARDIAL_FAT
+    assert fat.sum() > 1.5 * fat_before
+    near_rv = ndimage.binary_dilation(tissues == Tissue.RV_WALL, iterations=4) & ~np.isin(
+        tissues, [Tissue.RV_WALL, Tissue.RV_BLOOD, Tissue.MYOCARDIUM])
+    assert fat[near_rv].mean() > 0.6
+    m0 = np.where(fat, 0.05, 1.0)
+    _fat_strands(np.random.default_rng(2), m0, fat)
+    assert 0.02 < (m0[fat] > 0.15).mean() < 0.5 and (m0[~fat] == 1.0).all()
+
+
 def _disc(shape, cy, cx, r):
     yy, xx = np.indices(shape)
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
@@ -87,6 +123,30 @@ def test_a_slice_whose_lv_strays_from_the_stack_is_flagged():
     flags = [[] for _ in range(4)]
     _flag_stray_slices(labels, (0.5, 0.5), flags)  # the same pixels at half the spacing: 17 mm
     assert flags == [[], [], [], []]
+
+
+def _ring(shape, cy, cx, r_in, r_out):
+    lab = np.zeros(shape, np.uint8)
+    lab[_disc(shape, cy, cx, r_out)] = 2
+    lab[_disc(shape, cy, cx, r_in)] = 1
+    return lab
+
+
+def test_a_stray_slice_keeps_the_ring_on_the_stacks_axis_where_the_network_found_one():
+    shape = (100, 100)
+    raw = np.stack([_ring(shape, 50, 50, 8, 13), _ring(shape, 51, 49, 8, 13), _ring(shape, 49, 51, 7, 12),
+                    _ring(shape, 50, 50, 5, 8), np.zeros(shape, np.uint8)])
+    raw[3][_ring(shape, 15, 85, 8, 13) > 0] = _ring(shape, 15, 85, 8, 13)[_ring(shape, 15, 85, 8, 13) > 0]
+    raw[4][_ring(shape, 15, 85, 8, 13) > 0] = 2  # the stomach only, no ring on the axis
+    raw[4][_disc(shape, 15, 85, 8)] = 1
+    labels = np.stack([clean_labels(r) for r in raw])
+    assert labels[3][15, 85] == 1  # the bigger ring, far from the others, wins on its own
+    _rechoose_stray_slices(raw, labels, (1.0, 1.0))
+    assert labels[3][50, 50] == 1 and labels[3][15, 85] == 0  # the ring on the axis instead
+    assert labels[4][15, 85] == 1  # nothing on the axis: left as it was ...
+    flags = [[] for _ in range(5)]
+    _flag_stray_slices(labels, (1.0, 1.0), flags)
+    assert flags[:4] == [[]] * 4 and "from the rest of the stack" in flags[4][0]  # ... and flagged
 
 
 def test_channel_mapping_uses_all_echoes():

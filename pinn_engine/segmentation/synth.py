@@ -4,8 +4,9 @@ Each sample draws a random heart and torso from ``pinn_engine.phantom`` (size, s
 wall thickness, RV extent, papillary muscles, position, rotation, mirroring), random
 tissue M0/T2, and one contrast: T2-prepared multi-echo (bright or black blood), a single
 T2-weighted / fat-suppressed image, or a perfusion-like frame. Acquisition effects: black
-blood slow-flow signal, bright distractors (stomach, vessels), texture, receive-coil
-shading, k-space truncation (Gibbs, blur), Rician noise, background masking, gamma.
+blood slow-flow signal, epicardial fat pads (dark and stranded when suppressed), bright
+distractors (stomach, vessels), texture, receive-coil shading, k-space truncation (Gibbs,
+blur), Rician noise, background masking, gamma.
 Samples are either the whole field of view or a crop around the heart, resampled to the
 network grid.
 """
@@ -29,7 +30,7 @@ class Sample:
     kind: str  # full | crop
 
 
-GENERATOR = 4
+GENERATOR = 4  # the shipped weights' generator
 # 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors (seg_v2);
 # 3: anatomical orientation (seg_v3): most samples in the display frame the node resamples every
 #    image into from its DICOM geometry (``pinn_engine.segmentation.orientation``), where the RV lies
@@ -37,6 +38,13 @@ GENERATOR = 4
 # 4: (seg_v4) black blood as it looks in both ventricles: RV trabeculae along the free wall (not only the septum),
 #    flow-artefact streaks across the blood pools, so a dark RV is told from lung by texture and
 #    wall, not by being the only uniformly black region; a wider, deeper RV crescent
+# 5: (experimental; seg_v5, trained on it, gained LV but lost myocardium and RV on real images and
+#    was not shipped: its dark, stranded fat pad looks too much like trabeculated RV blood)
+#    slow flow the blood suppression missed, grey over much or all of a cavity (brightest at
+#    the wall), so a filled cavity is not taken for myocardium; a thick, irregular epicardial and
+#    mediastinal fat pad round the heart, above all over the RV free wall, which fat suppression (more
+#    often in black blood) turns dark with grey vessels and septa, as dark and textured as the RV blood
+#    beside it, so the RV ends at its free wall
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
@@ -134,6 +142,42 @@ def _black_blood_texture(rng, m0, tissues, blood):
         m0[streak] = np.maximum(m0[streak], rng.uniform(0.15, 0.6) * (1 + 0.3 * field[streak]))
 
 
+def _slow_flow_fill(rng, m0, tissues, pixel_mm):
+    """Grey slow-flow signal over a cavity, falling off from the wall inwards (0.3 LV, 0.2 RV)."""
+    for cavity, p in ((Tissue.LV_BLOOD, 0.3), (Tissue.RV_BLOOD, 0.2)):
+        sel = tissues == cavity
+        if rng.random() >= p or not sel.any():
+            continue
+        depth_mm = ndimage.distance_transform_edt(sel) * pixel_mm
+        mottle = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), rng.uniform(0.8, 3.0))
+        mottle /= max(mottle.std(), 1e-9)
+        signal = rng.uniform(0.15, 0.8) * np.exp(-depth_mm / rng.uniform(2, 30)) * (1 + 0.35 * mottle)
+        m0[sel] = np.maximum(m0[sel], np.clip(signal[sel], 0, None))
+
+
+def _fat_pad(rng, tissues, pixel_mm):
+    """Thick, irregular epicardial/mediastinal fat outside the heart, thickest over the RV free wall.
+
+    The pad's tissue becomes pericardial fat (label 0), in place.
+    """
+    heart = np.isin(tissues, (Tissue.LV_BLOOD, Tissue.MYOCARDIUM, Tissue.OEDEMA, Tissue.PAPILLARY,
+                              Tissue.RV_BLOOD, Tissue.RV_WALL, Tissue.PERICARDIAL_FAT))
+    from_heart = ndimage.distance_transform_edt(~heart) * pixel_mm
+    rv_wall = tissues == Tissue.RV_WALL
+    from_rv = ndimage.distance_transform_edt(~rv_wall) * pixel_mm if rv_wall.any() else np.full(tissues.shape, 1e3)
+    reach = (rng.uniform(4, 25) * _smooth_field(rng, tissues.shape, rng.uniform(4, 12), 0.5)
+             * (0.3 + 0.7 * np.exp(-from_rv / rng.uniform(15, 80))))
+    tissues[~heart & (from_heart <= reach) & np.isin(tissues, (Tissue.BODY, Tissue.LUNG))] = Tissue.PERICARDIAL_FAT
+
+
+def _fat_strands(rng, m0, fat):
+    """Vessels and fibrous septa in suppressed fat: thin grey lines on dark."""
+    field = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), rng.uniform(1.5, 4.0))
+    field /= max(field.std(), 1e-9)
+    strands = fat & (np.abs(field) < rng.uniform(0.08, 0.25))
+    m0[strands] = rng.uniform(0.2, 0.8) * (1 + 0.2 * field[strands])
+
+
 def _kspace_truncate(img, keep):
     f = np.fft.fftshift(np.fft.fft2(img))
     h, w = img.shape
@@ -154,6 +198,8 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
+    if version >= 5 and rng.random() < 0.6:
+        _fat_pad(rng, tissues, anatomy.pixel_mm)
     m0 = np.zeros(tissues.shape)
     t2 = np.ones(tissues.shape)
     for tissue, ((a, b), (c, d)) in RANGES.items():
@@ -178,13 +224,19 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
             m0[trab] = rng.uniform(0.4, 0.9)
         if version >= 4:
             _black_blood_texture(rng, m0, tissues, blood)
+        if version >= 5:
+            _slow_flow_fill(rng, m0, tissues, anatomy.pixel_mm)
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
         m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
-    if rng.random() < 0.35:  # fat suppression
-        m0[(tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)] *= rng.uniform(0.05, 0.3)
+    # fat suppression; black-blood T2-weighted protocols usually suppress fat (generator 5 on)
+    if rng.random() < (0.6 if version >= 5 and "black" in contrast else 0.35):
+        fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
+        m0[fat] *= rng.uniform(0.05, 0.3)
+        if version >= 5:
+            _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT)
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
     if version >= 2:
