@@ -32,12 +32,14 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
 {notes}
 - **Limitations**: trained on a schematic torso. On real black-blood T2-weighted images at full
   field of view (MyoPS) the figures above are below what real-data models reach (LV ~0.88-0.95,
-  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV is still drawn too small in about a third of
-  the cases (its dark free-wall side blends into lung and fat), the LV blood pool is drawn a
+  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV outline is unreliable in about a third of
+  the cases (drawn too small where its dark free-wall side blends into lung and fat, or spilling
+  over the free wall into the chest wall and mediastinum above it), the LV blood pool is drawn a
   little small where bright trabeculae or slow flow fill it, and at the ends of a stack the
-  network can take another round structure (stomach, aorta) for the heart; that slice is
-  flagged (its LV lies far from the rest of the stack), as is any low-confidence or missing
-  structure, never silently used. Images without a geometry are segmented as stored, where the
+  network can take another round structure (stomach, aorta) for the heart; that slice keeps
+  the ring on the stack's LV axis where the network found one and is flagged where it found none
+  (its LV lies far from the rest of the stack), as is any low-confidence or missing structure,
+  never silently used. Images without a geometry are segmented as stored, where the
   network is less certain of the RV's side. Research use only.
 """
 
@@ -47,10 +49,14 @@ GENERATOR_TEXT = {
     2: "crescent RV, endocardial trabeculae, dark distractors",
     3: "generator 2's anatomy in the anatomical display frame",
     4: "generator 3 with black-blood RV trabeculae and flow-artefact streaks, a wider and deeper RV crescent",
+    5: "generator 4 with slow flow filling much or all of a black-blood cavity, and a thick, irregular "
+       "epicardial/mediastinal fat pad over the RV free wall, dark with grey vessels and septa where fat is "
+       "suppressed (fat suppression in 60 % of black-blood samples)",
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")
-ORIENTATION_TEXT = {1: "rotations/flips", 2: "rotations/flips", 3: DISPLAY_FRAME_TEXT, 4: DISPLAY_FRAME_TEXT}
+ORIENTATION_TEXT = {1: "rotations/flips", 2: "rotations/flips", 3: DISPLAY_FRAME_TEXT, 4: DISPLAY_FRAME_TEXT,
+                    5: DISPLAY_FRAME_TEXT}
 FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")
