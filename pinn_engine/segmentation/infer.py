@@ -64,16 +64,16 @@ def _largest(mask: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
     """The largest connected component of ``mask``; with ``within``, the largest whose centre lies
     in ``within`` (the largest of all if none does)."""
     lab, n = ndimage.label(mask)
-    if n <= 1 and within is None:
+    if n <= 1:  # none or one: the same answer with or without ``within``
         return mask
     index = np.arange(1, n + 1)
     sizes = ndimage.sum(mask, lab, index=index)
-    if within is not None and n:
+    if within is not None:
         centres = np.rint(ndimage.center_of_mass(mask, lab, index)).astype(int).reshape(-1, 2)
         inside = within[centres[:, 0], centres[:, 1]]
         if inside.any():
             sizes = np.where(inside, sizes, -1)
-    return lab == int(np.argmax(sizes)) + 1 if n else mask
+    return lab == int(np.argmax(sizes)) + 1
 
 
 def _component(mask: np.ndarray, anchor: np.ndarray) -> np.ndarray:
@@ -105,44 +105,42 @@ def clean_labels(lab: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
 STRAY_MM = 30.0  # an LV centre this far from the stack's median is another structure, not the LV
 
 
-def _lv_centres(labels: np.ndarray, spacing: tuple[float, float]) -> dict[int, np.ndarray]:
-    """Slice -> LV blood pool centre (mm from the image corner), for the slices that have one."""
-    return {k: np.array(ndimage.center_of_mass(lab == 1)) * spacing for k, lab in enumerate(labels)
-            if (lab == 1).any()}
+def _lv_centre(lab: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """Centre of a slice's LV blood pool, mm from the image corner."""
+    return np.array(ndimage.center_of_mass(lab == 1)) * spacing
 
 
-def _stack_centre(centres: dict[int, np.ndarray]) -> np.ndarray | None:
-    """The stack's LV axis as the median of the slices' LV centres; None below 3 slices."""
-    return np.median(np.array(list(centres.values())), axis=0) if len(centres) >= 3 else None
+def _distances_from_axis(labels: np.ndarray, spacing: tuple[float, float]
+                         ) -> tuple[np.ndarray | None, dict[int, float]]:
+    """The stack's LV axis (the median of its slices' LV centres; None below 3 slices) and, per
+    slice with an LV, the LV centre's distance from it in mm."""
+    centres = {k: _lv_centre(lab, spacing) for k, lab in enumerate(labels) if (lab == 1).any()}
+    if len(centres) < 3:
+        return None, {}
+    axis = np.median(np.array(list(centres.values())), axis=0)
+    return axis, {k: float(np.hypot(*(c - axis))) for k, c in centres.items()}
 
 
 def _rechoose_stray_slices(raw: np.ndarray, labels: np.ndarray, spacing: tuple[float, float]) -> None:
     """A slice whose largest myocardium lies far from the stack's LV axis (an end slice that caught
     the stomach or aorta) keeps instead the ring next to the axis, where the network found one."""
-    centres = _lv_centres(labels, spacing)
-    axis = _stack_centre(centres)
+    axis, distances = _distances_from_axis(labels, spacing)
     if axis is None:
         return
     rows, cols = np.indices(labels.shape[1:])
     near = np.hypot(rows * spacing[0] - axis[0], cols * spacing[1] - axis[1]) <= STRAY_MM
-    for k, c in centres.items():
-        if np.hypot(*(c - axis)) <= STRAY_MM:
+    for k, distance in distances.items():
+        if distance <= STRAY_MM:
             continue
         again = clean_labels(raw[k], near)
-        lv = again == 1
-        if lv.any() and np.hypot(*(np.array(ndimage.center_of_mass(lv)) * spacing - axis)) <= STRAY_MM:
+        if (again == 1).any() and np.hypot(*(_lv_centre(again, spacing) - axis)) <= STRAY_MM:
             labels[k] = again
 
 
 def _flag_stray_slices(labels: np.ndarray, spacing: tuple[float, float], flags: list[list[str]]) -> None:
     """Short-axis slices share the LV long axis: a slice whose LV lies far from the others' has
     most likely labelled something else (stomach, aorta) and is flagged, not trusted."""
-    centres = _lv_centres(labels, spacing)
-    axis = _stack_centre(centres)
-    if axis is None:
-        return
-    for k, c in centres.items():
-        distance = float(np.hypot(*(c - axis)))
+    for k, distance in _distances_from_axis(labels, spacing)[1].items():
         if distance > STRAY_MM:
             flags[k].append(f"LV {distance:.0f} mm from the rest of the stack: probably not the LV")
 
