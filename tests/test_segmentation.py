@@ -134,11 +134,9 @@ def _ring(shape, cy, cx, r_in, r_out):
 
 def test_a_stray_slice_keeps_the_ring_on_the_stacks_axis_where_the_network_found_one():
     shape = (100, 100)
+    far = _ring(shape, 15, 85, 8, 13)  # a round structure away from the heart (stomach)
     raw = np.stack([_ring(shape, 50, 50, 8, 13), _ring(shape, 51, 49, 8, 13), _ring(shape, 49, 51, 7, 12),
-                    _ring(shape, 50, 50, 5, 8), np.zeros(shape, np.uint8)])
-    raw[3][_ring(shape, 15, 85, 8, 13) > 0] = _ring(shape, 15, 85, 8, 13)[_ring(shape, 15, 85, 8, 13) > 0]
-    raw[4][_ring(shape, 15, 85, 8, 13) > 0] = 2  # the stomach only, no ring on the axis
-    raw[4][_disc(shape, 15, 85, 8)] = 1
+                    np.maximum(_ring(shape, 50, 50, 5, 8), far), far])  # the last: no ring on the axis
     labels = np.stack([clean_labels(r) for r in raw])
     assert labels[3][15, 85] == 1  # the bigger ring, far from the others, wins on its own
     _rechoose_stray_slices(raw, labels, (1.0, 1.0))
