@@ -89,6 +89,24 @@ def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():
     assert 0.02 < (m0[fat] > 0.15).mean() < 0.5 and (m0[~fat] == 1.0).all()
 
 
+def test_generator_6_pad_is_thinner_and_its_septa_fainter_than_generator_5s():
+    # generator 5's pad, dark and stranded, was taken for RV blood on real images
+    tissues = tissue_map(Anatomy(rv_model="crescent", rv_angle_deg=110.0, rv_depth_mm=40.0), 0.3)
+    fat_before = (tissues == Tissue.PERICARDIAL_FAT).sum()
+    grown = {}
+    for reach in ((4, 25), (3, 14)):
+        padded = tissues.copy()
+        _fat_pad(np.random.default_rng(1), padded, 320 / 192, reach)
+        grown[reach] = (padded == Tissue.PERICARDIAL_FAT).sum() - fat_before
+    assert 0 < grown[(3, 14)] < 0.75 * grown[(4, 25)]
+    fat = tissues == Tissue.PERICARDIAL_FAT
+    thin, wide = np.where(fat, 0.05, 1.0), np.where(fat, 0.05, 1.0)
+    _fat_strands(np.random.default_rng(2), thin, fat, (0.04, 0.12), (0.2, 0.5))
+    _fat_strands(np.random.default_rng(2), wide, fat)
+    assert 0 < (thin[fat] > 0.15).sum() < (wide[fat] > 0.15).sum()
+    assert thin[fat].max() <= 0.5 * 1.03 and (thin[~fat] == 1.0).all()
+
+
 def _disc(shape, cy, cx, r):
     yy, xx = np.indices(shape)
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r

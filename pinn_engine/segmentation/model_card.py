@@ -52,11 +52,14 @@ GENERATOR_TEXT = {
     5: "generator 4 with slow flow filling much or all of a black-blood cavity, and a thick, irregular "
        "epicardial/mediastinal fat pad over the RV free wall, dark with grey vessels and septa where fat is "
        "suppressed (fat suppression in 60 % of black-blood samples)",
+    6: "generator 4 with slow flow filling much or all of a black-blood cavity, and a thinner epicardial/"
+       "mediastinal fat pad over the RV free wall in 35 % of samples, suppressed (in 50 % of black-blood "
+       "samples) to a dark grey above black blood, with faint septa in 40 % of those",
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")
 ORIENTATION_TEXT = {1: "rotations/flips", 2: "rotations/flips", 3: DISPLAY_FRAME_TEXT, 4: DISPLAY_FRAME_TEXT,
-                    5: DISPLAY_FRAME_TEXT}
+                    5: DISPLAY_FRAME_TEXT, 6: DISPLAY_FRAME_TEXT}
 FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")

@@ -4,7 +4,7 @@ Each sample draws a random heart and torso from ``pinn_engine.phantom`` (size, s
 wall thickness, RV extent, papillary muscles, position, rotation, mirroring), random
 tissue M0/T2, and one contrast: T2-prepared multi-echo (bright or black blood), a single
 T2-weighted / fat-suppressed image, or a perfusion-like frame. Acquisition effects: black
-blood slow-flow signal, epicardial fat pads (dark and stranded when suppressed), bright
+blood slow-flow signal, epicardial fat pads (dark, with grey septa, when suppressed), bright
 distractors (stomach, vessels), texture, receive-coil shading, k-space truncation (Gibbs,
 blur), Rician noise, background masking, gamma.
 Samples are either the whole field of view or a crop around the heart, resampled to the
@@ -45,6 +45,8 @@ GENERATOR = 4  # the shipped weights' generator
 #    mediastinal fat pad round the heart, above all over the RV free wall, which fat suppression (more
 #    often in black blood) turns dark with grey vessels and septa, as dark and textured as the RV blood
 #    beside it, so the RV ends at its free wall
+# 6: (experimental) generator 5 with a fat pad that does not look like blood: less often, thinner,
+#    suppressed to a dark grey that stays above black blood, with few, faint septa; slow flow kept
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
@@ -155,7 +157,7 @@ def _slow_flow_fill(rng, m0, tissues, pixel_mm):
         m0[sel] = np.maximum(m0[sel], np.clip(signal[sel], 0, None))
 
 
-def _fat_pad(rng, tissues, pixel_mm):
+def _fat_pad(rng, tissues, pixel_mm, reach_mm=(4, 25)):
     """Thick, irregular epicardial/mediastinal fat outside the heart, thickest over the RV free wall.
 
     The pad's tissue becomes pericardial fat (label 0), in place.
@@ -165,17 +167,17 @@ def _fat_pad(rng, tissues, pixel_mm):
     from_heart = ndimage.distance_transform_edt(~heart) * pixel_mm
     rv_wall = tissues == Tissue.RV_WALL
     from_rv = ndimage.distance_transform_edt(~rv_wall) * pixel_mm if rv_wall.any() else np.full(tissues.shape, 1e3)
-    reach = (rng.uniform(4, 25) * _smooth_field(rng, tissues.shape, rng.uniform(4, 12), 0.5)
+    reach = (rng.uniform(*reach_mm) * _smooth_field(rng, tissues.shape, rng.uniform(4, 12), 0.5)
              * (0.3 + 0.7 * np.exp(-from_rv / rng.uniform(15, 80))))
     tissues[~heart & (from_heart <= reach) & np.isin(tissues, (Tissue.BODY, Tissue.LUNG))] = Tissue.PERICARDIAL_FAT
 
 
-def _fat_strands(rng, m0, fat):
+def _fat_strands(rng, m0, fat, width=(0.08, 0.25), level=(0.2, 0.8)):
     """Vessels and fibrous septa in suppressed fat: thin grey lines on dark."""
     field = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), rng.uniform(1.5, 4.0))
     field /= max(field.std(), 1e-9)
-    strands = fat & (np.abs(field) < rng.uniform(0.08, 0.25))
-    m0[strands] = rng.uniform(0.2, 0.8) * (1 + 0.2 * field[strands])
+    strands = fat & (np.abs(field) < rng.uniform(*width))
+    m0[strands] = rng.uniform(*level) * (1 + 0.2 * field[strands])
 
 
 def _kspace_truncate(img, keep):
@@ -198,7 +200,10 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
-    if version >= 5 and rng.random() < 0.6:
+    if version >= 6:
+        if rng.random() < 0.35:
+            _fat_pad(rng, tissues, anatomy.pixel_mm, (3, 14))
+    elif version == 5 and rng.random() < 0.6:
         _fat_pad(rng, tissues, anatomy.pixel_mm)
     m0 = np.zeros(tissues.shape)
     t2 = np.ones(tissues.shape)
@@ -232,11 +237,13 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
         m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
     # fat suppression; black-blood T2-weighted protocols usually suppress fat (generator 5 on)
-    if rng.random() < (0.6 if version >= 5 and "black" in contrast else 0.35):
+    if rng.random() < ((0.5 if version >= 6 else 0.6) if version >= 5 and "black" in contrast else 0.35):
         fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
-        m0[fat] *= rng.uniform(0.05, 0.3)
-        if version >= 5:
+        m0[fat] *= rng.uniform(0.05, 0.3) if version < 6 else rng.uniform(0.15, 0.35)
+        if version == 5:
             _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT)
+        elif version >= 6 and rng.random() < 0.4:
+            _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT, (0.04, 0.12), (0.2, 0.5))
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
     if version >= 2:
