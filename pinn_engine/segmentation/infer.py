@@ -22,7 +22,7 @@ from pinn_engine.segmentation.network import UNet
 from pinn_engine.segmentation.orientation import display_matrix
 from pinn_engine.segmentation.synth import GRID, normalise, window_coords
 
-DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v4.pt"
+DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v6.pt"
 LOW_CONFIDENCE = 0.7
 
 

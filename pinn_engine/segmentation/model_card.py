@@ -32,7 +32,7 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
 {notes}
 - **Limitations**: trained on a schematic torso. On real black-blood T2-weighted images at full
   field of view (MyoPS) the figures above are below what real-data models reach (LV ~0.88-0.95,
-  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV outline is unreliable in about a third of
+  myocardium ~0.80-0.89, RV ~0.80-0.90): the RV outline is unreliable in about a quarter of
   the cases (drawn too small where its dark free-wall side blends into lung and fat, or spilling
   over the free wall into the chest wall and mediastinum above it), the LV blood pool is drawn a
   little small where bright trabeculae or slow flow fill it, and at the ends of a stack the

@@ -30,7 +30,7 @@ class Sample:
     kind: str  # full | crop
 
 
-GENERATOR = 4  # the shipped weights' generator
+GENERATOR = 6  # the shipped weights' generator
 # 1: schematic ellipse RV (seg_v1); 2: + crescent RV, endocardial trabeculae, dark distractors (seg_v2);
 # 3: anatomical orientation (seg_v3): most samples in the display frame the node resamples every
 #    image into from its DICOM geometry (``pinn_engine.segmentation.orientation``), where the RV lies
@@ -45,7 +45,7 @@ GENERATOR = 4  # the shipped weights' generator
 #    mediastinal fat pad round the heart, above all over the RV free wall, which fat suppression (more
 #    often in black blood) turns dark with grey vessels and septa, as dark and textured as the RV blood
 #    beside it, so the RV ends at its free wall
-# 6: (experimental) generator 5 with a fat pad that does not look like blood: less often, thinner,
+# 6: (seg_v6) generator 5 with a fat pad that does not look like blood: less often, thinner,
 #    suppressed to a dark grey that stays above black blood, with few, faint septa; slow flow kept
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
