@@ -46,7 +46,7 @@ GENERATOR = 6  # the shipped weights' generator
 #    often in black blood) turns dark with grey vessels and septa, as dark and textured as the RV blood
 #    beside it, so the RV ends at its free wall
 # 6: (seg_v6) generator 5 with a fat pad that does not look like blood: less often, thinner,
-#    suppressed to a dark grey that stays above black blood, with few, faint septa; slow flow kept
+#    suppressed to a dark grey mostly above black blood, with few, faint septa; slow flow kept
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
@@ -180,6 +180,14 @@ def _fat_strands(rng, m0, fat, width=(0.08, 0.25), level=(0.2, 0.8)):
     m0[strands] = rng.uniform(*level) * (1 + 0.2 * field[strands])
 
 
+def _fat_suppression_share(version: int, contrast: str) -> float:
+    """Share of samples with fat suppressed: black-blood T2-weighted protocols usually suppress fat
+    (generators 5 and 6 model that)."""
+    if version >= 5 and "black" in contrast:
+        return 0.5 if version >= 6 else 0.6
+    return 0.35
+
+
 def _kspace_truncate(img, keep):
     f = np.fft.fftshift(np.fft.fft2(img))
     h, w = img.shape
@@ -236,8 +244,7 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
         m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
-    # fat suppression; black-blood T2-weighted protocols usually suppress fat (generator 5 on)
-    if rng.random() < ((0.5 if version >= 6 else 0.6) if version >= 5 and "black" in contrast else 0.35):
+    if rng.random() < _fat_suppression_share(version, contrast):
         fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
         m0[fat] *= rng.uniform(0.05, 0.3) if version < 6 else rng.uniform(0.15, 0.35)
         if version == 5:
