@@ -58,8 +58,6 @@ GENERATOR_TEXT = {
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")
-ORIENTATION_TEXT = {1: "rotations/flips", 2: "rotations/flips", 3: DISPLAY_FRAME_TEXT, 4: DISPLAY_FRAME_TEXT,
-                    5: DISPLAY_FRAME_TEXT, 6: DISPLAY_FRAME_TEXT}
 FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")
@@ -76,7 +74,8 @@ def write(weights: Path, benchmark_log: Path, notes: Path | None = None) -> Path
     text = TEMPLATE.format(
         name=weights.name, path=weights.as_posix(), size_mb=weights.stat().st_size / 1e6,
         benchmark=benchmark_log.read_text().strip(), generator_text=GENERATOR_TEXT[g],
-        orientation_text=ORIENTATION_TEXT[g], frame_text=FRAME_TEXT if g >= 3 else "",
+        orientation_text=DISPLAY_FRAME_TEXT if g >= 3 else "rotations/flips",
+        frame_text=FRAME_TEXT if g >= 3 else "",
         notes="\n" + notes.read_text().strip() + "\n" if notes else "", **meta,
     )
     out = weights.with_name("MODEL_CARD.md")

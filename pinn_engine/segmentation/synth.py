@@ -180,12 +180,31 @@ def _fat_strands(rng, m0, fat, width=(0.08, 0.25), level=(0.2, 0.8)):
     m0[strands] = rng.uniform(*level) * (1 + 0.2 * field[strands])
 
 
-def _fat_suppression_share(version: int, contrast: str) -> float:
-    """Share of samples with fat suppressed: black-blood T2-weighted protocols usually suppress fat
-    (generators 5 and 6 model that)."""
-    if version >= 5 and "black" in contrast:
-        return 0.5 if version >= 6 else 0.6
-    return 0.35
+@dataclass(frozen=True)
+class FatModel:
+    """How a generator draws fat outside the heart: the pad over the RV and fat suppression."""
+    pad_share: float = 0.0  # samples given a pad
+    pad_reach_mm: tuple[float, float] = (4, 25)
+    suppressed_black: float = 0.35  # black-blood samples with fat suppressed (other contrasts: 0.35)
+    suppression: tuple[float, float] = (0.05, 0.3)  # suppressed fat's signal, a fraction of fat's
+    septa_share: float = 0.0  # suppressed samples whose pad shows vessels and septa
+    septa_width: tuple[float, float] = (0.08, 0.25)
+    septa_level: tuple[float, float] = (0.2, 0.8)
+
+
+FAT_MODELS = {  # generators 1-4: FatModel(), the phantom's own thin pericardial fat and no pad
+    5: FatModel(pad_share=0.6, suppressed_black=0.6, septa_share=1.0),
+    6: FatModel(pad_share=0.35, pad_reach_mm=(3, 14), suppressed_black=0.5, suppression=(0.15, 0.35),
+                septa_share=0.4, septa_width=(0.04, 0.12), septa_level=(0.2, 0.5)),
+}
+
+
+def _chance(rng: np.random.Generator, share: float) -> bool:
+    """True for ``share`` of calls; shares of 0 and 1 draw nothing, so a generator that never or
+    always does something keeps the random stream it had before the option existed."""
+    if share <= 0 or share >= 1:
+        return share >= 1
+    return bool(rng.random() < share)
 
 
 def _kspace_truncate(img, keep):
@@ -208,11 +227,9 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
-    if version >= 6:
-        if rng.random() < 0.35:
-            _fat_pad(rng, tissues, anatomy.pixel_mm, (3, 14))
-    elif version == 5 and rng.random() < 0.6:
-        _fat_pad(rng, tissues, anatomy.pixel_mm)
+    fats = FAT_MODELS.get(version, FatModel())
+    if _chance(rng, fats.pad_share):
+        _fat_pad(rng, tissues, anatomy.pixel_mm, fats.pad_reach_mm)
     m0 = np.zeros(tissues.shape)
     t2 = np.ones(tissues.shape)
     for tissue, ((a, b), (c, d)) in RANGES.items():
@@ -244,13 +261,12 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
         m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
-    if rng.random() < _fat_suppression_share(version, contrast):
+    # fat suppression; black-blood T2-weighted protocols usually suppress fat (generators 5 and 6)
+    if rng.random() < (fats.suppressed_black if "black" in contrast else 0.35):
         fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
-        m0[fat] *= rng.uniform(0.05, 0.3) if version < 6 else rng.uniform(0.15, 0.35)
-        if version == 5:
-            _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT)
-        elif version >= 6 and rng.random() < 0.4:
-            _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT, (0.04, 0.12), (0.2, 0.5))
+        m0[fat] *= rng.uniform(*fats.suppression)
+        if _chance(rng, fats.septa_share):
+            _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT, fats.septa_width, fats.septa_level)
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
     if version >= 2:
