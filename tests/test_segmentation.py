@@ -15,8 +15,8 @@ from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_st
                                            clean_labels, to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import (GRID, _black_blood_texture, _fat_pad, _fat_strands, _slow_flow_fill,
-                                           make_sample, make_slice)
+from pinn_engine.segmentation.synth import (GRID, SLOW_FLOW, _black_blood_texture, _fat_pad, _fat_strands,
+                                           _slow_flow_fill, make_sample, make_slice)
 
 
 def test_network_is_compact():
@@ -69,6 +69,23 @@ def test_slow_flow_fills_a_cavity_from_its_wall_and_nothing_else():
             depth = ndimage.distance_transform_edt(lv)
             assert m0[lv & (depth <= 2)].mean() > m0[lv & (depth >= 8)].mean()  # brightest at the wall
     assert 1 <= filled <= 8  # some slices, not all
+
+
+def test_generator_7_fills_more_lv_cavities_and_fills_them_more_evenly():
+    tissues = tissue_map(Anatomy(rv_model="crescent", rv_depth_mm=40.0), 0.3)
+    lv = tissues == Tissue.LV_BLOOD
+    centre = lv & (ndimage.distance_transform_edt(lv) >= 8)
+    filled, centre_signal = {}, {}
+    for version in (5, 7):
+        maps = []
+        for seed in range(40):
+            m0 = np.where(lv, 0.0, 1.0)
+            _slow_flow_fill(np.random.default_rng(seed), m0, tissues, 320 / 192, *SLOW_FLOW[version])
+            maps.append(m0)
+        filled[version] = sum((m[lv] > 0).any() for m in maps)
+        centre_signal[version] = np.mean([m[centre].mean() / m[lv].mean() for m in maps if (m[lv] > 0).any()])
+    assert filled[5] < filled[7] < 40  # same seeds: every cavity generator 5 fills, generator 7 fills too
+    assert centre_signal[7] > centre_signal[5]  # the cavity's centre holds more of the signal
 
 
 def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():

@@ -55,6 +55,8 @@ GENERATOR_TEXT = {
     6: "generator 4 with slow flow filling much or all of a black-blood cavity, and a thinner epicardial/"
        "mediastinal fat pad over the RV free wall in 35 % of samples, suppressed (in 50 % of black-blood "
        "samples) to a dark grey mostly above black blood, with faint septa in 40 % of those",
+    7: "generator 6 with slow flow in half the black-blood LV cavities (generator 6: 30 %), often filling "
+       "the whole cavity almost evenly",
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")

@@ -47,6 +47,9 @@ GENERATOR = 6  # the shipped weights' generator
 #    beside it, so the RV ends at its free wall
 # 6: (seg_v6) generator 5 with a fat pad that does not look like blood: less often, thinner,
 #    suppressed to a dark grey mostly above black blood, with few, faint septa; slow flow kept
+# 7: (experimental; seg_v7, trained on it, gained LV and myocardium but lost RV on real images and
+#    was not shipped) generator 6 with slow flow in half the black-blood LV cavities (was 0.3), and
+#    often filling the whole cavity almost evenly (falloff from the wall up to 60 mm, was 30)
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
@@ -144,16 +147,17 @@ def _black_blood_texture(rng, m0, tissues, blood):
         m0[streak] = np.maximum(m0[streak], rng.uniform(0.15, 0.6) * (1 + 0.3 * field[streak]))
 
 
-def _slow_flow_fill(rng, m0, tissues, pixel_mm):
-    """Grey slow-flow signal over a cavity, falling off from the wall inwards (0.3 LV, 0.2 RV)."""
-    for cavity, p in ((Tissue.LV_BLOOD, 0.3), (Tissue.RV_BLOOD, 0.2)):
+def _slow_flow_fill(rng, m0, tissues, pixel_mm, lv_share=0.3, falloff_mm=(2, 30)):
+    """Grey slow-flow signal over a cavity, falling off from the wall inwards (``lv_share`` of LV
+    cavities, 0.2 of RV cavities); a long falloff fills the whole cavity almost evenly."""
+    for cavity, p in ((Tissue.LV_BLOOD, lv_share), (Tissue.RV_BLOOD, 0.2)):
         sel = tissues == cavity
         if rng.random() >= p or not sel.any():
             continue
         depth_mm = ndimage.distance_transform_edt(sel) * pixel_mm
         mottle = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), rng.uniform(0.8, 3.0))
         mottle /= max(mottle.std(), 1e-9)
-        signal = rng.uniform(0.15, 0.8) * np.exp(-depth_mm / rng.uniform(2, 30)) * (1 + 0.35 * mottle)
+        signal = rng.uniform(0.15, 0.8) * np.exp(-depth_mm / rng.uniform(*falloff_mm)) * (1 + 0.35 * mottle)
         m0[sel] = np.maximum(m0[sel], np.clip(signal[sel], 0, None))
 
 
@@ -197,6 +201,13 @@ FAT_MODELS = {  # generators 1-4: FatModel(), the phantom's own thin pericardial
     6: FatModel(pad_share=0.35, pad_reach_mm=(3, 14), suppressed_black=0.5, suppression=(0.15, 0.35),
                 septa_share=0.4, septa_width=(0.04, 0.12), septa_level=(0.2, 0.5)),
 }
+FAT_MODELS[7] = FAT_MODELS[6]
+
+
+# LV cavities given slow flow, and the range of its falloff length from the wall (mm); generator 7
+# fills more of them, and more evenly: a real black-blood LV full of slow flow (MyoPS-like) was still
+# taken for myocardium by a network trained on generator 6
+SLOW_FLOW = {5: (0.3, (2, 30)), 7: (0.5, (2, 60))}
 
 
 def _chance(rng: np.random.Generator, share: float) -> bool:
@@ -255,7 +266,7 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         if version >= 4:
             _black_blood_texture(rng, m0, tissues, blood)
         if version >= 5:
-            _slow_flow_fill(rng, m0, tissues, anatomy.pixel_mm)
+            _slow_flow_fill(rng, m0, tissues, anatomy.pixel_mm, *SLOW_FLOW.get(version, SLOW_FLOW[5]))
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
