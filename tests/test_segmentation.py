@@ -15,8 +15,8 @@ from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_st
                                            clean_labels, to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import (GRID, SLOW_FLOW, _black_blood_texture, _fat_pad, _fat_strands,
-                                           _slow_flow_fill, make_sample, make_slice)
+from pinn_engine.segmentation.synth import (FAT_MODELS, GRID, SLOW_FLOW, _black_blood_texture, _fat_pad,
+                                           _fat_strands, _slow_flow_fill, make_sample, make_slice)
 
 
 def test_network_is_compact():
@@ -62,7 +62,7 @@ def test_slow_flow_fills_a_cavity_from_its_wall_and_nothing_else():
     filled = 0
     for seed in range(12):
         m0 = np.where(blood, 0.05, 1.0)
-        _slow_flow_fill(np.random.default_rng(seed), m0, tissues, 320 / 192)
+        _slow_flow_fill(np.random.default_rng(seed), m0, tissues, 320 / 192, *SLOW_FLOW[5])
         assert (m0[~blood] == 1.0).all()
         if (m0[lv] > 0.05).mean() > 0.5:
             filled += 1
@@ -94,7 +94,8 @@ def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():
     labels_before = np.isin(tissues, [Tissue.LV_BLOOD, Tissue.MYOCARDIUM, Tissue.RV_BLOOD, Tissue.PAPILLARY])
     fat_before = (tissues == Tissue.PERICARDIAL_FAT).sum()
     padded = tissues.copy()
-    _fat_pad(np.random.default_rng(1), padded, 320 / 192)
+    g5 = FAT_MODELS[5]
+    _fat_pad(np.random.default_rng(1), padded, 320 / 192, g5.pad_reach_mm)
     assert (padded[labels_before] == tissues[labels_before]).all()  # the heart and its labels stay
     fat = padded == Tissue.PERICARDIAL_FAT
     assert fat.sum() > 1.5 * fat_before
@@ -102,7 +103,7 @@ def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():
         tissues, [Tissue.RV_WALL, Tissue.RV_BLOOD, Tissue.MYOCARDIUM])
     assert fat[near_rv].mean() > 0.6
     m0 = np.where(fat, 0.05, 1.0)
-    _fat_strands(np.random.default_rng(2), m0, fat)
+    _fat_strands(np.random.default_rng(2), m0, fat, g5.septa_width, g5.septa_level)
     assert 0.02 < (m0[fat] > 0.15).mean() < 0.5 and (m0[~fat] == 1.0).all()
 
 
@@ -111,15 +112,16 @@ def test_generator_6_pad_is_thinner_and_its_septa_fainter_than_generator_5s():
     tissues = tissue_map(Anatomy(rv_model="crescent", rv_angle_deg=110.0, rv_depth_mm=40.0), 0.3)
     fat_before = (tissues == Tissue.PERICARDIAL_FAT).sum()
     grown = {}
-    for reach in ((4, 25), (3, 14)):
+    for version in (5, 6):
         padded = tissues.copy()
-        _fat_pad(np.random.default_rng(1), padded, 320 / 192, reach)
-        grown[reach] = (padded == Tissue.PERICARDIAL_FAT).sum() - fat_before
-    assert 0 < grown[(3, 14)] < 0.75 * grown[(4, 25)]
+        _fat_pad(np.random.default_rng(1), padded, 320 / 192, FAT_MODELS[version].pad_reach_mm)
+        grown[version] = (padded == Tissue.PERICARDIAL_FAT).sum() - fat_before
+    assert 0 < grown[6] < 0.75 * grown[5]
     fat = tissues == Tissue.PERICARDIAL_FAT
     thin, wide = np.where(fat, 0.05, 1.0), np.where(fat, 0.05, 1.0)
-    _fat_strands(np.random.default_rng(2), thin, fat, (0.04, 0.12), (0.2, 0.5))
-    _fat_strands(np.random.default_rng(2), wide, fat)
+    for image, version in ((thin, 6), (wide, 5)):
+        _fat_strands(np.random.default_rng(2), image, fat, FAT_MODELS[version].septa_width,
+                     FAT_MODELS[version].septa_level)
     assert 0 < (thin[fat] > 0.15).sum() < (wide[fat] > 0.15).sum()
     assert thin[fat].max() <= 0.5 * 1.03 and (thin[~fat] == 1.0).all()
 

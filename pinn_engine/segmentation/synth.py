@@ -147,7 +147,7 @@ def _black_blood_texture(rng, m0, tissues, blood):
         m0[streak] = np.maximum(m0[streak], rng.uniform(0.15, 0.6) * (1 + 0.3 * field[streak]))
 
 
-def _slow_flow_fill(rng, m0, tissues, pixel_mm, lv_share=0.3, falloff_mm=(2, 30)):
+def _slow_flow_fill(rng, m0, tissues, pixel_mm, lv_share, falloff_mm):
     """Grey slow-flow signal over a cavity, falling off from the wall inwards (``lv_share`` of LV
     cavities, 0.2 of RV cavities); a long falloff fills the whole cavity almost evenly."""
     for cavity, p in ((Tissue.LV_BLOOD, lv_share), (Tissue.RV_BLOOD, 0.2)):
@@ -161,7 +161,7 @@ def _slow_flow_fill(rng, m0, tissues, pixel_mm, lv_share=0.3, falloff_mm=(2, 30)
         m0[sel] = np.maximum(m0[sel], np.clip(signal[sel], 0, None))
 
 
-def _fat_pad(rng, tissues, pixel_mm, reach_mm=(4, 25)):
+def _fat_pad(rng, tissues, pixel_mm, reach_mm):
     """Thick, irregular epicardial/mediastinal fat outside the heart, thickest over the RV free wall.
 
     The pad's tissue becomes pericardial fat (label 0), in place.
@@ -176,7 +176,7 @@ def _fat_pad(rng, tissues, pixel_mm, reach_mm=(4, 25)):
     tissues[~heart & (from_heart <= reach) & np.isin(tissues, (Tissue.BODY, Tissue.LUNG))] = Tissue.PERICARDIAL_FAT
 
 
-def _fat_strands(rng, m0, fat, width=(0.08, 0.25), level=(0.2, 0.8)):
+def _fat_strands(rng, m0, fat, width, level):
     """Vessels and fibrous septa in suppressed fat: thin grey lines on dark."""
     field = ndimage.gaussian_filter(rng.normal(0, 1, m0.shape), rng.uniform(1.5, 4.0))
     field /= max(field.std(), 1e-9)
@@ -196,18 +196,23 @@ class FatModel:
     septa_level: tuple[float, float] = (0.2, 0.8)
 
 
-FAT_MODELS = {  # generators 1-4: FatModel(), the phantom's own thin pericardial fat and no pad
+# Settings tables keyed by the generator that introduced them; an entry holds for later generators
+# until a newer one replaces it (``_since``).
+FAT_MODELS = {
+    1: FatModel(),  # the phantom's own thin pericardial fat and no pad
     5: FatModel(pad_share=0.6, suppressed_black=0.6, septa_share=1.0),
     6: FatModel(pad_share=0.35, pad_reach_mm=(3, 14), suppressed_black=0.5, suppression=(0.15, 0.35),
                 septa_share=0.4, septa_width=(0.04, 0.12), septa_level=(0.2, 0.5)),
 }
-FAT_MODELS[7] = FAT_MODELS[6]
-
-
-# LV cavities given slow flow, and the range of its falloff length from the wall (mm); generator 7
-# fills more of them, and more evenly: a real black-blood LV full of slow flow (MyoPS-like) was still
-# taken for myocardium by a network trained on generator 6
+# black-blood slow flow (generators 5 on): LV cavities given it, and the range of its falloff length
+# from the wall (mm); generator 7 fills more of them, and more evenly: a real black-blood LV full of
+# slow flow (MyoPS-like) was still taken for myocardium by a network trained on generator 6
 SLOW_FLOW = {5: (0.3, (2, 30)), 7: (0.5, (2, 60))}
+
+
+def _since(table: dict, version: int):
+    """The entry of ``table`` that holds for generator ``version``: the newest at or before it."""
+    return table[max(v for v in table if v <= version)]
 
 
 def _chance(rng: np.random.Generator, share: float) -> bool:
@@ -238,7 +243,7 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
-    fats = FAT_MODELS.get(version, FatModel())
+    fats = _since(FAT_MODELS, version)
     if _chance(rng, fats.pad_share):
         _fat_pad(rng, tissues, anatomy.pixel_mm, fats.pad_reach_mm)
     m0 = np.zeros(tissues.shape)
@@ -266,13 +271,13 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         if version >= 4:
             _black_blood_texture(rng, m0, tissues, blood)
         if version >= 5:
-            _slow_flow_fill(rng, m0, tissues, anatomy.pixel_mm, *SLOW_FLOW.get(version, SLOW_FLOW[5]))
+            _slow_flow_fill(rng, m0, tissues, anatomy.pixel_mm, *_since(SLOW_FLOW, version))
     if contrast == "perfusion":
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
         m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
-    # fat suppression; black-blood T2-weighted protocols usually suppress fat (generators 5 and 6)
+    # fat suppression; black-blood T2-weighted protocols usually suppress fat (generators 5 on)
     if rng.random() < (fats.suppressed_black if "black" in contrast else 0.35):
         fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
         m0[fat] *= rng.uniform(*fats.suppression)
