@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--steps", type=int, help="fixed number of steps (reproducible); default: until --minutes")
     t.add_argument("--workers", type=int, default=2, help="processes generating the synthetic data")
-    t.add_argument("--generator", type=int, default=6, choices=(1, 2, 3, 4, 5, 6, 7),
-                   help="synthetic-data generator version (1: seg_v1; 2: seg_v2, crescent RV, trabeculae, dark distractors; 3: seg_v3, + anatomical display frame; 4: seg_v4, + black-blood RV texture, wider RV; 5: experimental, + slow flow filling cavities, suppressed fat pad over the RV; 6: seg_v6, generator 5 with a thinner, rarer, less blood-like fat pad; 7: experimental, generator 6 with more and fuller LV slow flow)")
+    t.add_argument("--generator", type=int, default=6, choices=(1, 2, 3, 4, 5, 6, 7, 8),
+                   help="synthetic-data generator version (1: seg_v1; 2: seg_v2, crescent RV, trabeculae, dark distractors; 3: seg_v3, + anatomical display frame; 4: seg_v4, + black-blood RV texture, wider RV; 5: experimental, + slow flow filling cavities, suppressed fat pad over the RV; 6: seg_v6, generator 5 with a thinner, rarer, less blood-like fat pad; 7: experimental, generator 6 with more and fuller LV slow flow; 8: experimental, generator 7 with the descending aorta, atria and pulmonary trunk beside the heart)")
     t.add_argument("--device", help="torch device (default: a GPU when present, else the CPU)")
     t.set_defaults(func=_cmd_train_seg)
     return p

@@ -10,13 +10,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pinn_engine.phantom import Anatomy, Tissue, tissue_map
+from pinn_engine.phantom import Anatomy, Tissue, labels_of, tissue_map
 from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, _rechoose_stray_slices,
                                            clean_labels, to_three_channels)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import (FAT_MODELS, GRID, SLOW_FLOW, _black_blood_texture, _fat_pad,
-                                           _fat_strands, _slow_flow_fill, make_sample, make_slice)
+from pinn_engine.segmentation.synth import (FAT_MODELS, GRID, SLOW_FLOW, _black_blood_texture, _extracardiac_blood,
+                                           _fat_pad, _fat_strands, _slow_flow_fill, make_sample, make_slice)
 
 
 def test_network_is_compact():
@@ -87,6 +87,32 @@ def test_generator_7_fills_more_lv_cavities_and_fills_them_more_evenly():
     assert filled[5] < filled[7] < 40  # same seeds: every cavity generator 5 fills, generator 7 fills too
     assert centre_signal[7] > centre_signal[5]  # the cavity's centre holds more of the signal
 
+
+def test_generator_8_blood_pools_lie_beside_the_heart_unlabelled_and_atria_only_at_the_base():
+    anatomy = Anatomy(rv_model="crescent", rv_angle_deg=130.0, rv_depth_mm=35.0)
+    blood = (Tissue.LV_BLOOD, Tissue.RV_BLOOD)
+    pools = {}
+    for level in (0.1, 0.8):
+        tissues = tissue_map(anatomy, level)
+        labels = labels_of(tissues)
+        heart = labels > 0
+        spine = np.array(ndimage.center_of_mass(tissues == Tissue.SPINE))
+        counts, right_sided = [], 0
+        for seed in range(20):
+            t = tissues.copy()
+            _extracardiac_blood(np.random.default_rng(seed), t, labels, anatomy, level)
+            assert (t[heart] == tissues[heart]).all()  # the ventricles and their labels stay
+            added = np.isin(t, blood) & ~heart
+            assert not (added & ndimage.binary_dilation(heart)).any()  # a wall or gap parts them
+            parts, n = ndimage.label(added)
+            counts.append(n)
+            right_sided += ((t == Tissue.RV_BLOOD) & ~heart).any()
+            if level > 0.5 and n:  # apical: the descending aorta alone, by the spine
+                assert n == 1
+                assert np.hypot(*(np.array(ndimage.center_of_mass(added)) - spine)) * anatomy.pixel_mm < 45
+        pools[level] = (np.mean(counts), right_sided)
+    assert pools[0.1][0] > pools[0.8][0] + 1  # atria and pulmonary trunk join the aorta at the base
+    assert pools[0.1][1] > 0 and pools[0.8][1] == 0
 
 def test_fat_pad_covers_the_rv_free_wall_and_suppressed_fat_gets_strands():
     # dark suppressed fat over the RV is as dark as its blood: the RV must end at its free wall

@@ -57,6 +57,9 @@ GENERATOR_TEXT = {
        "samples) to a dark grey mostly above black blood, with faint septa in 40 % of those",
     7: "generator 6 with slow flow in half the black-blood LV cavities (generator 6: 30 %), often filling "
        "the whole cavity almost evenly",
+    8: "generator 7 with blood pools beside the ventricles that are not labelled: the descending aorta by the "
+       "spine on any slice and, on basal slices, the left and right atria and the pulmonary trunk, each with "
+       "blood's contrast",
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")

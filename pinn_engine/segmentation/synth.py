@@ -1,12 +1,13 @@
 """Physics-driven synthetic training data for segmentation (no real image is used).
 
 Each sample draws a random heart and torso from ``pinn_engine.phantom`` (size, shape,
-wall thickness, RV extent, papillary muscles, position, rotation, mirroring), random
-tissue M0/T2, and one contrast: T2-prepared multi-echo (bright or black blood), a single
-T2-weighted / fat-suppressed image, or a perfusion-like frame. Acquisition effects: black
-blood slow-flow signal, epicardial fat pads (dark, with grey septa, when suppressed), bright
-distractors (stomach, vessels), texture, receive-coil shading, k-space truncation (Gibbs,
-blur), Rician noise, background masking, gamma.
+wall thickness, RV extent, papillary muscles, position, rotation, mirroring), blood pools
+beside the ventricles that are not labelled (descending aorta, atria, pulmonary trunk; from
+generator 8), random tissue M0/T2, and one contrast: T2-prepared multi-echo (bright or black
+blood), a single T2-weighted / fat-suppressed image, or a perfusion-like frame. Acquisition
+effects: black blood slow-flow signal, epicardial fat pads (dark, with grey septa, when
+suppressed), bright distractors (stomach, vessels), texture, receive-coil shading, k-space
+truncation (Gibbs, blur), Rician noise, background masking, gamma.
 Samples are either the whole field of view or a crop around the heart, resampled to the
 network grid.
 """
@@ -50,6 +51,10 @@ GENERATOR = 6  # the shipped weights' generator
 # 7: (experimental; seg_v7, trained on it, gained LV and myocardium but lost RV on real images and
 #    was not shipped) generator 6 with slow flow in half the black-blood LV cavities (was 0.3), and
 #    often filling the whole cavity almost evenly (falloff from the wall up to 60 mm, was 30)
+# 8: (experimental) generator 7 with blood pools beside the ventricles, labelled background and with
+#    blood's contrast: the descending aorta by the spine and, at basal levels, the atria and the
+#    pulmonary trunk; a network trained on generator 7 drew the RV over the dark tissue round a real
+#    basal black-blood slice, where the only dark blood it had seen beside the LV was the RV
 CANONICAL_FRACTION = 0.85  # generators 3 and later: share of samples in the anatomical display frame
 
 
@@ -161,6 +166,64 @@ def _slow_flow_fill(rng, m0, tissues, pixel_mm, lv_share, falloff_mm):
         m0[sel] = np.maximum(m0[sel], np.clip(signal[sel], 0, None))
 
 
+# blood pools round the ventricles at basal levels (generator 8): (name, tissue whose contrast it
+# takes, direction from the LV centre in deg relative to the RV's, radius mm)
+BASAL_BLOOD_POOLS = (
+    ("left atrium", Tissue.LV_BLOOD, (145, 215), (12, 22)),
+    ("right atrium", Tissue.RV_BLOOD, (60, 110), (12, 20)),
+    ("pulmonary trunk", Tissue.RV_BLOOD, (-110, -60), (9, 14)),
+)
+
+
+def _extracardiac_blood(rng, tissues, labels, anatomy, level):
+    """Blood pools beside the heart that are not ventricle (label 0): the descending aorta by the
+    spine on any slice and, at basal levels, the atria and the pulmonary trunk round the ventricles.
+
+    They take blood's contrast (black in black blood, bright in bright blood, left- or right-sided
+    timing in perfusion), so a dark or bright pool next to the heart is not the RV or LV by its
+    signal alone. Changes ``tissues`` in place; ``labels`` are not changed.
+    """
+    px = anatomy.pixel_mm
+    heart_zone = ndimage.binary_dilation((labels > 0) | (tissues == Tissue.RV_WALL),
+                                         iterations=max(1, int(round(rng.uniform(1.5, 4) / px))))
+    room = np.isin(tissues, (Tissue.BODY, Tissue.LUNG, Tissue.PERICARDIAL_FAT, Tissue.LIVER))
+    rows, cols = np.indices(tissues.shape)
+    side = -1.0 if anatomy.mirrored else 1.0
+
+    def place(centre, direction, radius_mm, tissue):
+        ry = radius_mm / px
+        rx = ry * rng.uniform(0.7, 1.0)
+        turn = rng.uniform(0, np.pi)
+        u, v = np.cos(turn), np.sin(turn)
+        for _ in range(int(tissues.shape[0])):  # out along ``direction`` until clear of the heart
+            dr, dc = rows - centre[0], cols - centre[1]
+            disc = ((dr * u + dc * v) / ry) ** 2 + ((dc * u - dr * v) / rx) ** 2 <= 1
+            if not (disc & heart_zone).any():
+                break
+            centre = centre + direction
+        pool = disc & room & ~heart_zone
+        wall = ndimage.binary_dilation(pool, iterations=int(rng.integers(1, 3))) & room & ~pool & ~heart_zone
+        tissues[wall & (tissues != Tissue.LIVER)] = Tissue.BODY
+        tissues[pool] = tissue
+
+    ventricles = labels > 0
+    lv_centre = np.array(ndimage.center_of_mass(np.isin(labels, (1, 2))))
+    spine = tissues == Tissue.SPINE  # a low, large heart can cover it: no anchor, no aorta
+    if spine.any() and rng.random() < 0.8:  # descending aorta: anterior and to the left of the spine
+        offset = np.array([-rng.uniform(15, 30), side * rng.uniform(10, 30)]) / px
+        centre = np.array(ndimage.center_of_mass(spine)) + offset
+        away = centre - lv_centre
+        place(centre, away / max(np.hypot(*away), 1e-6), rng.uniform(8, 13), Tissue.LV_BLOOD)
+    if level < 0.4 and ventricles.any():
+        reach = np.sqrt(ventricles.sum() / np.pi)
+        for _name, tissue, angles, radius in BASAL_BLOOD_POOLS:
+            if rng.random() >= 0.6:
+                continue
+            theta = np.radians(anatomy.rv_angle_deg + rng.uniform(*angles) + anatomy.rotation_deg)
+            direction = np.array([-np.sin(theta), side * np.cos(theta)])  # (row, column), rows down
+            place(lv_centre + direction * reach * 0.5, direction, rng.uniform(*radius), tissue)
+
+
 def _fat_pad(rng, tissues, pixel_mm, reach_mm):
     """Thick, irregular epicardial/mediastinal fat outside the heart, thickest over the RV free wall.
 
@@ -243,6 +306,8 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
     level = float(rng.uniform(0.0, 1.0))
     tissues = tissue_map(anatomy, level, supersample=1)
     labels = labels_of(tissues)
+    if version >= 8:
+        _extracardiac_blood(rng, tissues, labels, anatomy, level)
     fats = _since(FAT_MODELS, version)
     if _chance(rng, fats.pad_share):
         _fat_pad(rng, tissues, anatomy.pixel_mm, fats.pad_reach_mm)
