@@ -4,8 +4,9 @@ Pass 1 segments the whole field of view on the network grid and locates the hear
 blood + myocardium + RV); pass 2 segments a window of 150-220 mm around the heart
 (common to all slices of the stack) at three sizes (``SCALES``), maps each one's class
 probabilities back to the original pixels and averages them. Both passes use the same
-network, trained on whole and cropped samples. Given the slices' orientation, all windows are sampled in the anatomical display frame
-(``orientation``), whatever rotation or mirroring the images are stored with.
+network, trained on whole and cropped samples. Given the slices' orientation, all windows
+are sampled in the anatomical display frame (``orientation``), whatever rotation or
+mirroring the images are stored with.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
   weights fp16 ({size_mb:.1f} MB). Input: 3 channels (the echoes of a T2-prep series — first,
   middle, last — or one image repeated), normalised by the 99th percentile; 128x128 grid.
   Inference: whole field of view (heart localisation), then a 150-220 mm window around the
-  heart common to the stack at 0.85, 1 and 1.15 times its size, the three windows' probabilities
+  heart common to the stack at {scales_text} times its size, the windows' probabilities
   mapped back to the image grid and averaged.{frame_text}
 - **Training data**: synthetic only (`pinn_engine.segmentation.synth`, built on the numerical
   phantom): random anatomy, contrasts (T2-prep multi-echo bright/black blood, single T2-weighted,
@@ -73,6 +73,8 @@ def write(weights: Path, benchmark_log: Path, notes: Path | None = None) -> Path
     """``notes``: optional Markdown appended after the validation block (history, comparisons)."""
     import torch
 
+    from pinn_engine.segmentation.infer import SCALES
+
     with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
         meta = torch.load(weights, map_location="cpu", weights_only=True)["meta"]
     meta = {"generator": 1, "device": "cpu", **meta}  # seg_v1 predates both fields
@@ -82,6 +84,7 @@ def write(weights: Path, benchmark_log: Path, notes: Path | None = None) -> Path
         benchmark=benchmark_log.read_text().strip(), generator_text=GENERATOR_TEXT[g],
         orientation_text=DISPLAY_FRAME_TEXT if g >= 3 else "rotations/flips",
         frame_text=FRAME_TEXT if g >= 3 else "",
+        scales_text=", ".join(f"{x:g}" for x in SCALES[:-1]) + f" and {SCALES[-1]:g}" if len(SCALES) > 1 else "1",
         notes="\n" + notes.read_text().strip() + "\n" if notes else "", **meta,
     )
     out = weights.with_name("MODEL_CARD.md")
