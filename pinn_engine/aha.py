@@ -6,9 +6,9 @@ are thirds of the LV long axis covered by slices with a complete myocardial ring
 apical cap beyond the cavity is segment 17. Orientation comes from the DICOM geometry,
 so rotation and mirroring of the images do not change the segment identities.
 
-Inputs are label maps (0 background, 1 LV blood pool, 2 LV myocardium, 3 RV blood pool)
-with their geometry; outputs are a per-pixel AHA label map, per-segment pixel lists and
-per-slice quality flags.
+Inputs are label maps (``pinn_engine.segmentation.Label``: LV blood pool, LV myocardium,
+RV blood pool) with their geometry; outputs are a per-pixel AHA label map and per-slice
+quality flags.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+
+from pinn_engine.segmentation.labels import Label
 
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)  # patient left, anterior, inferior
@@ -38,12 +40,6 @@ def apex_normal(row_cosine: np.ndarray, column_cosine: np.ndarray) -> np.ndarray
     return toward_apex(np.cross(np.asarray(row_cosine, float), np.asarray(column_cosine, float)))
 
 
-SEGMENT_NAMES = {
-    1: "basal anterior", 2: "basal anteroseptal", 3: "basal inferoseptal", 4: "basal inferior",
-    5: "basal inferolateral", 6: "basal anterolateral", 7: "mid anterior", 8: "mid anteroseptal",
-    9: "mid inferoseptal", 10: "mid inferior", 11: "mid inferolateral", 12: "mid anterolateral",
-    13: "apical anterior", 14: "apical septal", 15: "apical inferior", 16: "apical lateral", 17: "apex",
-}
 # 60-degree sectors from the anterior insertion point into the septum
 _SIX = (2, 3, 4, 5, 6, 1)
 
@@ -86,10 +82,6 @@ class AHAResult:
     slices: list[SliceAHA]
     convention: str
 
-    def segment_pixels(self) -> dict[int, tuple[np.ndarray, ...]]:
-        """Segment -> (slice, row, col) index arrays of its pixels."""
-        return {int(s): np.nonzero(self.labels == s) for s in np.unique(self.labels) if s}
-
     def segments_present(self) -> list[int]:
         return sorted(int(s) for s in np.unique(self.labels) if s)
 
@@ -104,16 +96,16 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 def closed_ring(labels: np.ndarray) -> bool:
     """True if the LV cavity is enclosed by myocardium (a complete ring)."""
-    lv = _largest(labels == 1)
-    if not lv.any() or not (labels == 2).any():
+    lv = _largest(labels == Label.LV_BLOOD_POOL)
+    if not lv.any() or not (labels == Label.MYOCARDIUM).any():
         return False
-    outside = ~(labels == 2)
+    outside = ~(labels == Label.MYOCARDIUM)
     comp, _ = ndimage.label(outside)
     cavity_ids = np.unique(comp[lv])
     cavity = np.isin(comp, cavity_ids[cavity_ids > 0])
     border = np.zeros_like(cavity)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
-    return not (cavity & border).any() and not (cavity & (labels == 3)).any()
+    return not (cavity & border).any() and not (cavity & (labels == Label.RV_BLOOD_POOL)).any()
 
 
 def _physical(rows: np.ndarray, cols: np.ndarray, geom: SliceGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +120,11 @@ def insertion_points(labels: np.ndarray, geom: SliceGeometry) -> tuple | None:
     IPs are the two ends of the LV epicardial arc that touches the RV; 'sense' (+1/-1) is
     the rotation (in the x/y mm frame) that leads from the anterior IP into the septum.
     """
-    lv_myo = _largest((labels == 1) | (labels == 2))
+    lv_myo = _largest((labels == Label.LV_BLOOD_POOL) | (labels == Label.MYOCARDIUM))
     if not lv_myo.any():
         return None
     epi = ndimage.binary_fill_holes(lv_myo)
-    rv = _largest(labels == 3)
+    rv = _largest(labels == Label.RV_BLOOD_POOL)
     if rv.sum() < 5:
         return None
     boundary = epi & ~ndimage.binary_erosion(epi)
@@ -214,10 +206,10 @@ def assign_aha(
     # apical cap: myocardium without cavity beyond the most apical ring slice
     ring_pos = [along[s] for s in range(n) if ring[s]]
     for s in range(n):
-        myo = labels[s] == 2
+        myo = labels[s] == Label.MYOCARDIUM
         infos[s].myocardium_pixels = int(myo.sum())
         if not ring[s]:
-            if myo.any() and not (labels[s] == 1).any() and ring_pos and along[s] > max(ring_pos):
+            if myo.any() and not (labels[s] == Label.LV_BLOOD_POOL).any() and ring_pos and along[s] > max(ring_pos):
                 infos[s].level = "apex"
             elif myo.any():
                 infos[s].flags.append("no complete myocardial ring: slice not used for AHA")
@@ -235,7 +227,7 @@ def assign_aha(
     out = np.zeros(labels.shape, dtype=np.uint8)
     for s in range(n):
         info = infos[s]
-        myo = labels[s] == 2
+        myo = labels[s] == Label.MYOCARDIUM
         if info.level == "apex":
             out[s][myo] = 17
             continue
@@ -255,7 +247,7 @@ def assign_aha(
         info.anterior_ip, info.inferior_ip = ant_px, inf_px
         arc = (sense * (inf - ant)) % (2 * np.pi)
         info.septal_arc_deg = float(np.degrees(arc))
-        lv_myo = (labels[s] == 1) | myo
+        lv_myo = (labels[s] == Label.LV_BLOOD_POOL) | myo
         cr, cc = ndimage.center_of_mass(ndimage.binary_fill_holes(_largest(lv_myo)))
         rr, cc_ = np.nonzero(myo)
         x, y = _physical(rr - cr, cc_ - cc, geometry[s])
@@ -274,7 +266,8 @@ def assign_aha(
         dr, dc = geometry[s].pixel_spacing_mm
         epi = ndimage.binary_fill_holes(_largest(lv_myo))
         endo = epi & ~myo
-        perim = lambda m: (m & ~ndimage.binary_erosion(m)).sum() * np.sqrt(dr * dc)  # noqa: E731
+        # the lambda is called only in this iteration: bind this slice's spacing explicitly
+        perim = lambda m, dr=dr, dc=dc: (m & ~ndimage.binary_erosion(m)).sum() * np.sqrt(dr * dc)  # noqa: E731
         mean_perim = 0.5 * (perim(epi) + perim(endo))
         if mean_perim > 0:
             info.mean_thickness_mm = float(myo.sum() * dr * dc / mean_perim)

@@ -24,6 +24,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
     from pinn_engine.segmentation.io import read_stack, write_labels  # noqa: PLC0415
+    from pinn_engine.segmentation.labels import Label  # noqa: PLC0415
 
     stack = read_stack(args.image)
     t0 = time.perf_counter()
@@ -33,7 +34,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     n = stack.images.shape[0]
     print(f"segmented {n} slices ({stack.images.shape[1]} echoes) in {dt:.2f} s -> {args.out}")
     for k in range(n):
-        counts = [int((seg.labels[k] == c).sum()) for c in (1, 2, 3)]
+        counts = [int((seg.labels[k] == c).sum())
+                  for c in (Label.LV_BLOOD_POOL, Label.MYOCARDIUM, Label.RV_BLOOD_POOL)]
         note = "; ".join(seg.flags[k]) if seg.flags[k] else "ok"
         print(f"  slice {k + 1}: LV {counts[0]} px, myocardium {counts[1]} px, RV {counts[2]} px, "
               f"confidence {seg.confidence[k]:.2f} ({note})")
@@ -70,7 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="fixed number of steps (reproducible); default: until --minutes")
     t.add_argument("--workers", type=int, default=2, help="processes generating the synthetic data")
     t.add_argument("--generator", type=int, default=6, choices=(1, 2, 3, 4, 5, 6, 7, 8),
-                   help="synthetic-data generator version (1: seg_v1; 2: seg_v2, crescent RV, trabeculae, dark distractors; 3: seg_v3, + anatomical display frame; 4: seg_v4, + black-blood RV texture, wider RV; 5: experimental, + slow flow filling cavities, suppressed fat pad over the RV; 6: seg_v6, generator 5 with a thinner, rarer, less blood-like fat pad; 7: experimental, generator 6 with more and fuller LV slow flow; 8: experimental, generator 7 with the descending aorta, atria and pulmonary trunk beside the heart)")
+                   help="synthetic-data generator version (1: seg_v1; "
+                        "2: seg_v2, crescent RV, trabeculae, dark distractors; "
+                        "3: seg_v3, + anatomical display frame; "
+                        "4: seg_v4, + black-blood RV texture, wider RV; "
+                        "5: experimental, + slow flow filling cavities, suppressed fat pad over the RV; "
+                        "6: seg_v6, generator 5 with a thinner, rarer, less blood-like fat pad; "
+                        "7: experimental, generator 6 with more and fuller LV slow flow; "
+                        "8: experimental, generator 7 with the descending aorta, atria and pulmonary trunk beside "
+                        "the heart)")
     t.add_argument("--device", help="torch device (default: a GPU when present, else the CPU)")
     t.set_defaults(func=_cmd_train_seg)
     return p

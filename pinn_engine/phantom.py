@@ -6,8 +6,9 @@ image rows run top -> bottom, columns left -> right; angles are in degrees,
 counter-clockwise from the image right (+column) direction with "up" = anterior in the
 usual short-axis display (septum and RV on the image left).
 
-Labels (as the segmentation): 0 background, 1 LV blood pool (papillary muscles
-included), 2 LV myocardium, 3 RV blood pool (RV free wall = background).
+Labels are the segmentation's (``pinn_engine.segmentation.Label``): LV blood pool
+(papillary muscles included), LV myocardium, RV blood pool; the rest, the RV free wall
+included, is background.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import enum
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from pinn_engine.segmentation.labels import Label
 
 
 class Tissue(enum.IntEnum):
@@ -52,7 +55,12 @@ TISSUE_PROPERTIES: dict[Tissue, tuple[float, float]] = {
 }
 BLACK_BLOOD_M0 = 0.03
 
-LABEL_OF = {Tissue.LV_BLOOD: 1, Tissue.PAPILLARY: 1, Tissue.MYOCARDIUM: 2, Tissue.OEDEMA: 2, Tissue.RV_BLOOD: 3}
+# the labelled tissues; every other tissue is background
+LABEL_OF = {
+    Tissue.LV_BLOOD: Label.LV_BLOOD_POOL, Tissue.PAPILLARY: Label.LV_BLOOD_POOL,
+    Tissue.MYOCARDIUM: Label.MYOCARDIUM, Tissue.OEDEMA: Label.MYOCARDIUM,
+    Tissue.RV_BLOOD: Label.RV_BLOOD_POOL,
+}
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,7 @@ def tissue_properties(tissues: np.ndarray, anatomy: Anatomy, blood: str = "brigh
 
 
 def labels_of(tissues: np.ndarray) -> np.ndarray:
+    """The label map of a tissue map: the tissues of ``LABEL_OF`` labelled, the rest background (0)."""
     out = np.zeros(tissues.shape, dtype=np.uint8)
     for tissue, label in LABEL_OF.items():
         out[tissues == tissue] = label
@@ -217,7 +226,7 @@ class T2Phantom:
     images: np.ndarray  # (slices, echoes, H, W) magnitude, float32
     t2_ms: np.ndarray  # (slices, H, W) true T2 (pixel centre tissue)
     m0: np.ndarray  # (slices, H, W) true M0 (same scale as images)
-    labels: np.ndarray  # (slices, H, W) 0/1/2/3
+    labels: np.ndarray  # (slices, H, W) Label values
     tissues: np.ndarray  # (slices, H, W) Tissue codes
     sigma: float  # Gaussian noise SD per channel (Rician magnitude)
     te_ms: np.ndarray

@@ -61,7 +61,7 @@ def test_segments_point_the_right_way(n):
 
 
 def _rot90(labels, geom):
-    out = np.stack([np.rot90(l) for l in labels])
+    out = np.stack([np.rot90(lab) for lab in labels])
     h, w = labels.shape[1:]
     g2 = [SliceGeometry(g.column_cosine, -g.row_cosine, g.pixel_spacing_mm[::-1],
                         g.position_mm + (w - 1) * g.pixel_spacing_mm[1] * g.row_cosine) for g in geom]

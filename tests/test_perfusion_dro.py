@@ -30,7 +30,7 @@ def test_layout():
     assert (ve[:, :40] == 0.1).all() and (ve[:, 80:] == 0.5).all()
     assert (ps[..., 0] == 0.5).all() and (ps[..., 2] == 2.5).all()
     # 48 combinations x 100 realisations per PS slice
-    combos = {(a, b, c) for a, b, c in zip(f[..., 0].ravel(), vp[..., 0].ravel(), ve[..., 0].ravel())}
+    combos = {(a, b, c) for a, b, c in zip(f[..., 0].ravel(), vp[..., 0].ravel(), ve[..., 0].ravel(), strict=True)}
     assert len(combos) == 48
 
 
@@ -69,7 +69,8 @@ def test_nlls_recovers_noise_free_parameters(model):
 def _dro_subset(slice_k: int, step: int, seed: int = 3):
     d = make_dro("discrete", seed=seed)
     y = d.curves[:, :, :, slice_k].reshape(100, -1)[:, ::step]
-    truth = {k: getattr(d, "f" if k == "fp" else k)[:, :, slice_k].reshape(-1)[::step] for k in ("fp", "vp", "ve", "ps")}
+    truth = {k: getattr(d, "f" if k == "fp" else k)[:, :, slice_k].reshape(-1)[::step]
+             for k in ("fp", "vp", "ve", "ps")}
     return d, y, truth
 
 
@@ -91,14 +92,14 @@ def test_fit_2cxm_empirical_prior_tames_unidentifiable_ps():
 
 
 def test_fit_2cxm_validates_and_runs_the_pinn_variants():
-    from pinn_engine.perfusion import METHODS, fit_2cxm
+    from pinn_engine.perfusion import PERFUSION_METHODS, fit_2cxm
 
     d, y, _ = _dro_subset(0, 240)  # 20 curves
     with pytest.raises(ValueError):
         fit_2cxm(d.t_min, d.aif, y, method="magic")
     with pytest.raises(ValueError):
         fit_2cxm(d.t_min, d.aif, y.T, method="nlls")
-    for method in METHODS[1:]:
+    for method in PERFUSION_METHODS[1:]:
         fit = fit_2cxm(d.t_min, d.aif, y, method=method, epochs=30)
         for k in ("fp", "vp", "ve", "ps"):
             assert fit[k].shape == (20,) and np.all(np.isfinite(fit[k])) and np.all(fit[k] > 0)

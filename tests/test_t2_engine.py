@@ -7,11 +7,10 @@ import pytest
 from scipy.optimize import least_squares
 
 from pinn_engine.phantom import Anatomy, t2_phantom, with_oedema
-from pinn_engine.t2 import Flag, fit_t2, region_statistics
+from pinn_engine.t2 import Flag, fit_t2, noise, region_statistics
 from pinn_engine.t2.bounds import box_bound
 from pinn_engine.t2.model import crlb_sd_t2
 from pinn_engine.t2.nlls import fit_nlls
-from pinn_engine.t2 import noise
 
 TE = np.array([0.0, 35.0, 55.0])
 
@@ -37,7 +36,7 @@ def test_nlls_equals_scipy_least_squares():
     fit = fit_nlls(y, TE)
     assert fit.converged.all()
     for i in range(0, 400, 8):
-        ref = least_squares(lambda p: p[0] * np.exp(-TE / p[1]) - y[i], [y[i, 0], 50.0],
+        ref = least_squares(lambda p, i=i: p[0] * np.exp(-TE / p[1]) - y[i], [y[i, 0], 50.0],
                             xtol=1e-15, ftol=1e-15, gtol=1e-15)
         assert abs(ref.x[1] - fit.t2_ms[i]) < 0.01
         assert abs(ref.x[0] - fit.m0[i]) < 0.01

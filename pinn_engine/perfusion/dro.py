@@ -1,6 +1,6 @@
 """The digital reference object of the myocardial-perfusion PINN study (van Herten et al. 2022),
-re-implemented from its published definition (shared/reference/perfusion-dro.md), with a
-continuous-time variant of the same layout.
+re-implemented from its published definition (docs/perfusion.md), with a continuous-time
+variant of the same layout.
 
 Layout: 40 x 120 voxels per PS "slice", 3 slices (PS 0.5, 1.5, 2.5); rows in blocks of 10
 for F (0.5, 1, 1.5, 2), columns in blocks of 10 for vp (0.02, 0.05, 0.1, 0.2) repeated 3x,

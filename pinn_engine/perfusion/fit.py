@@ -1,4 +1,4 @@
-"""``fit_2cxm``: one entry point for every 2CXM fitting method (see DESIGN.md)."""
+"""``fit_2cxm``: one entry point for every 2CXM fitting method (docs/perfusion.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 
 from pinn_engine.perfusion.nlls import fit_nlls, parameter_sd
 
-METHODS = ("nlls", "pinn-2cxm", "pinn-reduced", "pinn-combined")
+PINN_VARIANTS = ("2cxm", "reduced", "combined")  # the residuals a PINN is trained on (``pinn.fit_pinn``)
+PERFUSION_METHODS = ("nlls", *(f"pinn-{variant}" for variant in PINN_VARIANTS))  # what ``fit_2cxm`` accepts
 
 
 def fit_2cxm(t_min, aif, curves, method: str = "nlls", model: str = "discrete", **options) -> dict:
@@ -24,8 +25,8 @@ def fit_2cxm(t_min, aif, curves, method: str = "nlls", model: str = "discrete", 
     Returns ``fp, vp, ve, ps`` (N,) in ml/min/ml and fractions, their SDs ``*_sd``, and
     ``method``, ``model``, ``seconds``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in PERFUSION_METHODS:
+        raise ValueError(f"method must be one of {PERFUSION_METHODS}, got {method!r}")
     curves = np.asarray(curves, dtype=np.float64)
     if curves.ndim != 2 or curves.shape[0] != np.asarray(t_min).shape[0] or np.asarray(aif).shape != np.asarray(
             t_min).shape:

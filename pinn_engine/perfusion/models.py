@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PARAMETERS = ("fp", "vp", "ve", "ps")  # F, vp, ve, PS: the names (and order) every fit returns them under
+
 
 def irf(t_min: np.ndarray, f: np.ndarray, vp: np.ndarray, ve: np.ndarray, ps: np.ndarray) -> np.ndarray:
     """IRF (N, T) for parameter vectors (N,) at times (T,)."""

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pinn_engine.perfusion.models import tissue_discrete, tissue_linear
+from pinn_engine.perfusion.models import PARAMETERS, tissue_discrete, tissue_linear
 
 BOUNDS = {"fp": (0.02, 10.0), "vp": (0.005, 0.6), "ve": (0.02, 0.9), "ps": (0.01, 10.0)}
-NAMES = ("fp", "vp", "ve", "ps")
 STARTS = ((1.0, 0.05, 0.2, 1.0), (1.5, 0.1, 0.3, 0.5), (0.7, 0.03, 0.15, 2.0), (2.0, 0.15, 0.4, 1.5))
 
 
@@ -103,13 +102,13 @@ def parameter_sd(t_min, aif, curves, params: dict, model: str = "discrete") -> d
     t = np.asarray(t_min, dtype=np.float64)
     a = np.asarray(aif, dtype=np.float64)
     y = np.asarray(curves, dtype=np.float64).T
-    theta = np.log(np.stack([np.asarray(params[k], dtype=np.float64) for k in NAMES], axis=1))
+    theta = np.log(np.stack([np.asarray(params[k], dtype=np.float64) for k in PARAMETERS], axis=1))
     r = _forward(fn, t, a, theta) - y
     sigma2 = np.median((r * r).sum(1)) / max(y.shape[1] - 4, 1)
     jac = _jacobian(fn, t, a, y, theta, r)
     cov = np.linalg.pinv(np.einsum("ntj,ntk->njk", jac, jac)) * sigma2
     sd_log = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
-    return {f"{k}_sd": np.exp(theta[:, i]) * sd_log[:, i] for i, k in enumerate(NAMES)}
+    return {f"{k}_sd": np.exp(theta[:, i]) * sd_log[:, i] for i, k in enumerate(PARAMETERS)}
 
 
 def fit_nlls(t_min, aif, curves, model: str = "discrete", iterations: int = 60, starts=STARTS,
@@ -130,8 +129,8 @@ def fit_nlls(t_min, aif, curves, model: str = "discrete", iterations: int = 60, 
     a = np.asarray(aif, dtype=np.float64)
     y = np.asarray(curves, dtype=np.float64).T
     n, m = y.shape
-    lo = np.log([BOUNDS[k][0] for k in NAMES])
-    hi = np.log([BOUNDS[k][1] for k in NAMES])
+    lo = np.log([BOUNDS[k][0] for k in PARAMETERS])
+    hi = np.log([BOUNDS[k][1] for k in PARAMETERS])
     best_theta, best_cost, best_r = None, np.full(n, np.inf), None
     for start in starts:
         theta0 = np.tile(np.log(start), (n, 1))
@@ -159,7 +158,7 @@ def fit_nlls(t_min, aif, curves, model: str = "discrete", iterations: int = 60, 
     cov = np.linalg.pinv(precision)
     sd_log = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
     p = np.exp(best_theta)
-    out = {k: p[:, i] for i, k in enumerate(NAMES)}
-    out.update({f"{k}_sd": p[:, i] * sd_log[:, i] for i, k in enumerate(NAMES)})
+    out = {k: p[:, i] for i, k in enumerate(PARAMETERS)}
+    out.update({f"{k}_sd": p[:, i] * sd_log[:, i] for i, k in enumerate(PARAMETERS)})
     out["rss"] = best_cost
     return out

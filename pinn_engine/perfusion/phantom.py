@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinn_engine.perfusion.models import tissue_linear
+from pinn_engine.perfusion.models import PARAMETERS, tissue_linear
 from pinn_engine.phantom import Anatomy, Tissue, labels_of, slice_levels, tissue_map
+from pinn_engine.segmentation.labels import Label
 
 HCT = 0.45
 R1_RELAXIVITY = 4.5  # 1/s/mM, gadolinium-based agent at 1.5 T
@@ -37,7 +38,7 @@ class PerfusionPhantom:
     vp: np.ndarray
     ve: np.ndarray
     ps: np.ndarray
-    labels: np.ndarray  # (slices, H, W) 0/1/2/3
+    labels: np.ndarray  # (slices, H, W) Label values
     sigma: float
     ts_ms: float
     pixel_spacing_mm: float
@@ -78,9 +79,9 @@ def perfusion_phantom(anatomy: Anatomy | None = None, n_slices: int = 3, frames:
     tissues = np.stack([tissue_map(anatomy, lv) for lv in levels])
     labels = labels_of(tissues)
     s, h, w = labels.shape
-    myo = labels == 2
-    maps = {k: np.zeros((s, h, w)) for k in ("fp", "vp", "ve", "ps")}
-    for k, v in (("fp", fp), ("vp", vp), ("ve", ve), ("ps", ps)):
+    myo = labels == Label.MYOCARDIUM
+    maps = {k: np.zeros((s, h, w)) for k in PARAMETERS}
+    for k, v in zip(PARAMETERS, (fp, vp, ve, ps), strict=True):
         maps[k][myo] = v
     if ischaemia is not None:
         start, extent, fraction = ischaemia
@@ -88,7 +89,8 @@ def perfusion_phantom(anatomy: Anatomy | None = None, n_slices: int = 3, frames:
         for k in range(s):
             if not myo[k].any():
                 continue
-            cy, cx = np.argwhere(labels[k] == 1).mean(axis=0) if (labels[k] == 1).any() else (h / 2, w / 2)
+            lv = labels[k] == Label.LV_BLOOD_POOL
+            cy, cx = np.argwhere(lv).mean(axis=0) if lv.any() else (h / 2, w / 2)
             ang = np.degrees(np.arctan2(-(y - cy), x - cx)) % 360.0
             sector = myo[k] & (((ang - start) % 360.0) <= extent)
             maps["fp"][k][sector] *= fraction
@@ -98,11 +100,11 @@ def perfusion_phantom(anatomy: Anatomy | None = None, n_slices: int = 3, frames:
         aif_blood = gamma_variate(t_min[k] * 60.0, arrival_s=arrival_s, peak_mM=5.0 * dose)
         rv_blood = gamma_variate(t_min[k] * 60.0, arrival_s=arrival_s - 4.0, peak_mM=7.0 * dose)
         aif_plasma = aif_blood / (1 - HCT)
-        conc[k][:, labels[k] == 1] = aif_blood[:, None]
-        conc[k][:, labels[k] == 3] = rv_blood[:, None]
+        conc[k][:, labels[k] == Label.LV_BLOOD_POOL] = aif_blood[:, None]
+        conc[k][:, labels[k] == Label.RV_BLOOD_POOL] = rv_blood[:, None]
         idx = np.nonzero(myo[k])
         if idx[0].size:
-            p = [maps[n][k][idx] for n in ("fp", "vp", "ve", "ps")]
+            p = [maps[n][k][idx] for n in PARAMETERS]
             # unique parameter sets only (the sector and the rest): the convolution is exact per set
             params = np.stack(p, axis=1)
             uniq, inv = np.unique(params, axis=0, return_inverse=True)
@@ -110,7 +112,7 @@ def perfusion_phantom(anatomy: Anatomy | None = None, n_slices: int = 3, frames:
             conc[k][:, idx[0], idx[1]] = curves[inv.reshape(-1)].T
     t1 = np.full((s, h, w), T1_NATIVE_MS["other"])
     m0 = np.full((s, h, w), M0["other"])
-    blood = (labels == 1) | (labels == 3)
+    blood = (labels == Label.LV_BLOOD_POOL) | (labels == Label.RV_BLOOD_POOL)
     t1[blood], m0[blood] = T1_NATIVE_MS["blood"], M0["blood"]
     t1[myo], m0[myo] = T1_NATIVE_MS["myocardium"], M0["myocardium"]
     m0[tissues == Tissue.AIR] = 0.0

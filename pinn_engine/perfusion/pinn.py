@@ -14,7 +14,7 @@ plus zero concentrations at the first frame and non-negativity. Time derivatives
 forward-mode (value and d/dt propagated together through the tanh layers), so one pass
 gives every curve's derivative. Unlike the published DRO study, no derivative of the
 noise-free curve is used (real data have none). The networks model the continuous ODE:
-on the legacy rectangle-rule DRO they carry that model mismatch (see the reference notes).
+on the legacy rectangle-rule DRO they carry that model mismatch (docs/perfusion.md).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from pinn_engine.device import default_device
+from pinn_engine.perfusion.fit import PINN_VARIANTS
+from pinn_engine.perfusion.models import PARAMETERS
 
-NAMES = ("fp", "vp", "ve", "ps")
 INIT = (1.0, 0.05, 0.2, 1.0)  # population-typical start (ml/min/ml, fractions)
 LOG_BOUNDS = ((0.02, 10.0), (0.005, 0.6), (0.02, 0.9), (0.01, 10.0))
-VARIANTS = ("2cxm", "reduced", "combined")
 
 
 class TimeNet(nn.Module):
@@ -40,7 +40,7 @@ class TimeNet(nn.Module):
     def __init__(self, n_curves: int, width: int = 32, depth: int = 3) -> None:
         super().__init__()
         dims = [1, *([width] * depth)]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         self.head = nn.Linear(width, 1 + 2 * n_curves)
         self.n = n_curves
 
@@ -58,8 +58,8 @@ class TimeNet(nn.Module):
 def fit_pinn(t_min, aif, curves, variant: str = "2cxm", epochs: int = 2000, collocation: int = 100,
              seed: int = 0, device: str | None = None, log=None) -> dict:
     """Fit curves (T, N) with the PINN ``variant``; returns fp, vp, ve, ps (N,) and timings."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}")
+    if variant not in PINN_VARIANTS:
+        raise ValueError(f"variant must be one of {PINN_VARIANTS}")
     t0 = time.perf_counter()
     dev = torch.device(device) if device else default_device()
     gen = torch.Generator().manual_seed(seed)
@@ -109,6 +109,6 @@ def fit_pinn(t_min, aif, curves, variant: str = "2cxm", epochs: int = 2000, coll
             log(f"  pinn-{variant} epoch {epoch + 1}/{epochs} loss {loss.item():.2e} (data {loss_data.item():.2e}, "
                 f"residual {loss_res.item():.2e})")
     p = torch.exp(torch.clamp(theta, lo, hi)).detach().cpu().numpy().astype(np.float64)
-    out = {k: p[:, i] for i, k in enumerate(NAMES)}
+    out = {k: p[:, i] for i, k in enumerate(PARAMETERS)}
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -1,6 +1,6 @@
 """Quantitative first-pass perfusion from registered dynamics and masks: AIF, concentrations, 2CXM.
 
-Assumptions (documented in the node's README and recorded in the SR's algorithm parameters):
+Assumptions (documented in README.md, Perfusion, and recorded in the SR's algorithm parameters):
 saturation-recovery signal S = M0 (1 - exp(-TS R1)) with the native T1 of blood and
 myocardium taken from the settings (not measured), M0 from the pre-contrast frames,
 linear relaxivity; the arterial input is the LV blood pool of the slice with the largest
@@ -20,10 +20,10 @@ import numpy as np
 from scipy import ndimage
 
 from pinn_engine.perfusion.fit import fit_2cxm
+from pinn_engine.perfusion.models import PARAMETERS
 from pinn_engine.perfusion.phantom import signal_to_concentration
 from pinn_engine.perfusion.prebolus import PreBolus, scaled_input
-
-PARAMS = ("fp", "vp", "ve", "ps")
+from pinn_engine.segmentation.labels import Label
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,13 @@ class PerfusionResult:
 
 def aif_slice(labels: np.ndarray) -> int:
     """The slice the arterial input is taken from: the one with the largest LV blood pool."""
-    return int(np.argmax([(labels[k] == 1).sum() for k in range(labels.shape[0])]))
+    return int(np.argmax([(labels[k] == Label.LV_BLOOD_POOL).sum() for k in range(labels.shape[0])]))
 
 
 def arterial_input(images: np.ndarray, labels: np.ndarray) -> tuple[int, np.ndarray]:
     """(slice, mask) of the AIF region: eroded LV blood pool, brightest half at peak enhancement."""
     k = aif_slice(labels)
-    lv = labels[k] == 1
+    lv = labels[k] == Label.LV_BLOOD_POOL
     eroded = ndimage.binary_erosion(lv, iterations=1)
     mask = eroded if eroded.sum() >= 5 else lv
     if not mask.any():
@@ -203,11 +203,12 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
             aif_blood = rebuilt[0]
             source = "main bolus, first pass rebuilt"
     aif_plasma = aif_blood / (1.0 - settings.hct)
-    maps = {key: np.full((s, h, w), np.nan) for key in (*PARAMS, *(f"{p}_sd" for p in PARAMS), "mbf", "mbf_sd")}
+    names = (*PARAMETERS, *(f"{p}_sd" for p in PARAMETERS), "mbf", "mbf_sd")
+    maps = {key: np.full((s, h, w), np.nan) for key in names}
     concentration = np.zeros((s, t, h, w))
     to_mbf = 1.0 / (1.0 - settings.hct) / settings.density_g_ml
     for k in range(s):
-        myo = labels[k] == 2
+        myo = labels[k] == Label.MYOCARDIUM
         if myo.sum() < 5:
             continue
         aif_k = np.interp(t_min[k], t_min[k_aif], aif_plasma)
@@ -215,7 +216,7 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
                                          settings.relaxivity).T  # (T, N)
         concentration[k][:, myo] = curves
         fit = fit_2cxm(t_min[k], aif_k, curves, method=settings.method, model=settings.model)
-        for p in PARAMS:
+        for p in PARAMETERS:
             maps[p][k][myo] = fit[p]
             maps[f"{p}_sd"][k][myo] = fit[f"{p}_sd"]
         maps["mbf"][k][myo] = fit["fp"] * to_mbf
@@ -225,7 +226,7 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
     if numbers:
         curves, times, aifs = [], [], []
         # segment curves from the myocardium minus its boundary pixels (partial volume with blood)
-        core = np.stack([ndimage.binary_erosion(labels[k] == 2) for k in range(s)])
+        core = np.stack([ndimage.binary_erosion(labels[k] == Label.MYOCARDIUM) for k in range(s)])
         for seg in numbers:
             where = aha_labels == seg
             if (where & core).sum() >= 5:
@@ -235,10 +236,10 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
             curves.append(concentration[k][:, sel].mean(1))
             times.append(t_min[k])
             aifs.append(np.interp(t_min[k], t_min[k_aif], aif_plasma))
-        for seg, c, tt, a in zip(numbers, curves, times, aifs):
+        for seg, c, tt, a in zip(numbers, curves, times, aifs, strict=True):
             fit = fit_2cxm(tt, a, c[:, None], method="nlls", model=settings.model, prior="none")
-            entry = {p: float(fit[p][0]) for p in PARAMS}
-            entry.update({f"{p}_sd": float(fit[f"{p}_sd"][0]) for p in PARAMS})
+            entry = {p: float(fit[p][0]) for p in PARAMETERS}
+            entry.update({f"{p}_sd": float(fit[f"{p}_sd"][0]) for p in PARAMETERS})
             entry["mbf"] = entry["fp"] * to_mbf
             entry["mbf_sd"] = entry["fp_sd"] * to_mbf
             entry["n_pixels"] = int((aha_labels == seg).sum())

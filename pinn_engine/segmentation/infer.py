@@ -19,6 +19,7 @@ import torch
 from scipy import ndimage
 
 from pinn_engine.device import default_device
+from pinn_engine.segmentation.labels import Label
 from pinn_engine.segmentation.network import UNet
 from pinn_engine.segmentation.orientation import display_matrix
 from pinn_engine.segmentation.synth import GRID, normalise, window_coords
@@ -34,7 +35,7 @@ SCALES = (0.85, 1.0, 1.15)
 
 @dataclass
 class Segmentation:
-    labels: np.ndarray  # (slices, H, W) uint8: 0 background, 1 LV blood, 2 LV myocardium, 3 RV blood
+    labels: np.ndarray  # (slices, H, W) uint8 Label values
     confidence: np.ndarray  # (slices,) mean max-probability over predicted heart pixels
     flags: list[list[str]] = field(default_factory=list)
     window: tuple[float, float, float] | None = None  # crop centre (row, col) and half-size mm
@@ -105,11 +106,12 @@ def clean_labels(lab: np.ndarray, near: np.ndarray | None = None) -> np.ndarray:
     """One connected region per class: the largest myocardium (the largest centred in ``near``
     where one is), the LV blood pool that myocardium encloses, the RV blood pool that touches it."""
     out = np.zeros_like(lab)
-    myo = _largest(lab == 2, near)
+    myo = _largest(lab == Label.MYOCARDIUM, near)
     inside = ndimage.binary_fill_holes(myo) & ~myo
-    out[myo] = 2
-    out[_component(lab == 1, inside | ndimage.binary_dilation(myo, iterations=2))] = 1
-    out[_component(lab == 3, ndimage.binary_dilation(myo, iterations=3))] = 3
+    out[myo] = Label.MYOCARDIUM
+    lv = _component(lab == Label.LV_BLOOD_POOL, inside | ndimage.binary_dilation(myo, iterations=2))
+    out[lv] = Label.LV_BLOOD_POOL
+    out[_component(lab == Label.RV_BLOOD_POOL, ndimage.binary_dilation(myo, iterations=3))] = Label.RV_BLOOD_POOL
     return out
 
 
@@ -118,14 +120,15 @@ STRAY_MM = 30.0  # an LV centre this far from the stack's median is another stru
 
 def _lv_centre(lab: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     """Centre of a slice's LV blood pool, mm from the image corner."""
-    return np.array(ndimage.center_of_mass(lab == 1)) * spacing
+    return np.array(ndimage.center_of_mass(lab == Label.LV_BLOOD_POOL)) * spacing
 
 
 def _distances_from_axis(labels: np.ndarray, spacing: tuple[float, float]
                          ) -> tuple[np.ndarray | None, dict[int, float]]:
     """The stack's LV axis (the median of its slices' LV centres; None below 3 slices) and, per
     slice with an LV, the LV centre's distance from it in mm."""
-    centres = {k: _lv_centre(lab, spacing) for k, lab in enumerate(labels) if (lab == 1).any()}
+    centres = {k: _lv_centre(lab, spacing) for k, lab in enumerate(labels)
+               if (lab == Label.LV_BLOOD_POOL).any()}
     if len(centres) < 3:
         return None, {}
     axis = np.median(np.array(list(centres.values())), axis=0)
@@ -144,7 +147,7 @@ def _rechoose_stray_slices(raw: np.ndarray, labels: np.ndarray, spacing: tuple[f
         if distance <= STRAY_MM:
             continue
         again = clean_labels(raw[k], near)
-        if (again == 1).any() and np.hypot(*(_lv_centre(again, spacing) - axis)) <= STRAY_MM:
+        if (again == Label.LV_BLOOD_POOL).any() and np.hypot(*(_lv_centre(again, spacing) - axis)) <= STRAY_MM:
             labels[k] = again
 
 
@@ -167,7 +170,8 @@ class Segmenter:
         self.meta = ckpt.get("meta", {})
         self.device = torch.device(device) if device else default_device()
         self.model = UNet()
-        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                    for k, v in ckpt["state_dict"].items()})
         # channels-last lets oneDNN run the convolutions without reordering each layer's input:
         # 0.22 -> 0.16 s for a 3-slice 192^2 stack on one thread, probabilities within 1e-5
         self.model.to(self.device, memory_format=torch.channels_last).eval()
@@ -180,19 +184,19 @@ class Segmenter:
 
     def _window_probabilities(self, stack: np.ndarray, cy: float, cx: float, half: float,
                               spacing: tuple[float, float], frame: np.ndarray) -> np.ndarray:
-        """Pass 2: class probabilities (slices, 4, H, W) on the image grid, the mean over windows of
+        """Pass 2: class probabilities (slices, classes, H, W) on the image grid, the mean over windows of
         half-width ``half`` x ``SCALES`` around (cy, cx); a pixel outside a window is background there."""
         s, _, h, w = stack.shape
         rows, cols = np.indices((h, w))
-        full = np.zeros((s, 4, h, w))
+        full = np.zeros((s, len(Label), h, w))
         for scale in SCALES:
             yy, xx = _window_coords(cy, cx, half * scale, spacing, frame)
             prob = self._probabilities(_sample(stack, yy, xx))
             gr, gc = _grid_index(rows, cols, cy, cx, half * scale, spacing, frame)
             inside = (gr >= 0) & (gr <= GRID - 1) & (gc >= 0) & (gc <= GRID - 1)
-            full[:, 0][:, ~inside] += 1.0
+            full[:, Label.BACKGROUND][:, ~inside] += 1.0
             for k in range(s):
-                for c in range(4):
+                for c in Label:
                     full[k, c][inside] += ndimage.map_coordinates(prob[k, c], [gr[inside], gc[inside]], order=1)
         return full / len(SCALES)
 
@@ -230,10 +234,10 @@ class Segmenter:
         coarse = self._probabilities(_sample(stack, yy, xx)).argmax(1)
         centres, extents = [], []
         for k in range(s):
-            heart = _largest(np.isin(coarse[k], (1, 2)))
+            heart = _largest(np.isin(coarse[k], (Label.LV_BLOOD_POOL, Label.MYOCARDIUM)))
             if heart.sum() < 10:
                 continue
-            r, c = np.nonzero(heart | (coarse[k] == 3))
+            r, c = np.nonzero(heart | (coarse[k] == Label.RV_BLOOD_POOL))
             centres.append((yy[r, c].mean(), xx[r, c].mean()))
             extents.append(max(np.ptp(r), np.ptp(c)) * 2 * half_full / (GRID - 1))
         if centres:
@@ -259,9 +263,10 @@ class Segmenter:
         for k in range(s):
             if blank[k]:
                 continue
-            heart = labels[k] > 0
+            heart = labels[k] != Label.BACKGROUND
             confidence[k] = float(top[k][heart].mean()) if heart.any() else 0.0
-            for c, name in ((1, "LV blood pool"), (2, "myocardium"), (3, "RV")):
+            for c, name in ((Label.LV_BLOOD_POOL, "LV blood pool"), (Label.MYOCARDIUM, "myocardium"),
+                            (Label.RV_BLOOD_POOL, "RV")):
                 if not (labels[k] == c).any():
                     flags[k].append(f"no {name} found")
             if heart.any() and confidence[k] < LOW_CONFIDENCE:

@@ -54,7 +54,8 @@ def _read_dicom_folder(folder: Path) -> Stack:
             continue
         ipp = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
         iop = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
-        te = float(reader.GetMetaData("0018|0081")) if "0018|0081" in keys and reader.GetMetaData("0018|0081").strip() else 0.0
+        te = (float(reader.GetMetaData("0018|0081"))
+              if "0018|0081" in keys and reader.GetMetaData("0018|0081").strip() else 0.0)
         entries.append((path, ipp, iop, te))
     if not entries:
         raise ValueError(f"no DICOM images with geometry in {folder}")
@@ -70,7 +71,8 @@ def _read_dicom_folder(folder: Path) -> Stack:
     slices, ref_files = [], []
     for p in positions:
         group = sorted(by_pos[p], key=lambda e: e[3])
-        slices.append(np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(e[0])))[0] for e in group]).astype(np.float64))
+        slices.append(np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(e[0])))[0]
+                                for e in group]).astype(np.float64))
         ref_files.append(str(group[0][0]))
     ref = sitk.ReadImage(ref_files)  # the first echo of every slice: a 3-D volume with the stack geometry
     sx, sy = ref.GetSpacing()[:2]

@@ -20,7 +20,8 @@ TEMPLATE = """# Model card: short-axis segmentation network `{name}`
   fat-suppressed, perfusion-like), slow-flow signal, distractors, texture, coil shading, Gibbs,
   Rician noise, masked backgrounds, whole-FOV and heart-crop samples, {orientation_text}, gamma and
   intensity augmentation. **No real image was used for training.**
-- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} --steps {steps} --minutes 120 --generator {generator}`
+- **Training command**: `pinn-engine train-seg --out {path} --seed {seed} --samples {samples} --batch {batch} \
+--steps {steps} --minutes 120 --generator {generator}`
   ({steps} steps, {epochs} epochs, {train_minutes} min wall time on the 2-core CPU ({device}); the shipped
   run used a time budget; with the step count above the run repeats from the seed with the same
   data and batches, its learning-rate schedule following steps instead of the clock (equivalent

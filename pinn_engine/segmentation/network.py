@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-N_CLASSES = 4  # background, LV blood pool, LV myocardium, RV blood pool
+from pinn_engine.segmentation.labels import Label
+
+N_CLASSES = len(Label)  # one output channel per label value
 IN_CHANNELS = 3  # echoes (or one image repeated)
 
 
@@ -22,7 +24,8 @@ class UNet(nn.Module):
         chans = [base * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([_block(in_channels, chans[0])] + [_block(chans[i], chans[i + 1])
                                                                      for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth))])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2)
+                                 for i in reversed(range(depth))])
         self.dec = nn.ModuleList([_block(2 * chans[i], chans[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], n_classes, 1)
         self.pool = nn.MaxPool2d(2)
@@ -33,7 +36,7 @@ class UNet(nn.Module):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
-        for up, dec in zip(self.up, self.dec):
+        for up, dec in zip(self.up, self.dec, strict=True):
             x = up(x)
             x = dec(torch.cat([x, skips.pop()], dim=1))
         return self.head(x)

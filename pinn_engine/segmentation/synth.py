@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from pinn_engine.phantom import Anatomy, Tissue, labels_of, tissue_map
+from pinn_engine.segmentation.labels import Label
 
 GRID = 128  # network input size
 
@@ -27,7 +28,7 @@ GRID = 128  # network input size
 @dataclass
 class Sample:
     image: np.ndarray  # (3, GRID, GRID) float32, normalised
-    labels: np.ndarray  # (GRID, GRID) uint8
+    labels: np.ndarray  # (GRID, GRID) uint8 Label values
     kind: str  # full | crop
 
 
@@ -184,7 +185,7 @@ def _extracardiac_blood(rng, tissues, labels, anatomy, level):
     signal alone. Changes ``tissues`` in place; ``labels`` are not changed.
     """
     px = anatomy.pixel_mm
-    heart_zone = ndimage.binary_dilation((labels > 0) | (tissues == Tissue.RV_WALL),
+    heart_zone = ndimage.binary_dilation((labels != Label.BACKGROUND) | (tissues == Tissue.RV_WALL),
                                          iterations=max(1, int(round(rng.uniform(1.5, 4) / px))))
     room = np.isin(tissues, (Tissue.BODY, Tissue.LUNG, Tissue.PERICARDIAL_FAT, Tissue.LIVER))
     rows, cols = np.indices(tissues.shape)
@@ -206,8 +207,8 @@ def _extracardiac_blood(rng, tissues, labels, anatomy, level):
         tissues[wall & (tissues != Tissue.LIVER)] = Tissue.BODY
         tissues[pool] = tissue
 
-    ventricles = labels > 0
-    lv_centre = np.array(ndimage.center_of_mass(np.isin(labels, (1, 2))))
+    ventricles = labels != Label.BACKGROUND
+    lv_centre = np.array(ndimage.center_of_mass(np.isin(labels, (Label.LV_BLOOD_POOL, Label.MYOCARDIUM))))
     spine = tissues == Tissue.SPINE  # a low, large heart can cover it: no anchor, no aorta
     if spine.any() and rng.random() < 0.8:  # descending aorta: anterior and to the left of the spine
         offset = np.array([-rng.uniform(15, 30), side * rng.uniform(10, 30)]) / px
@@ -227,7 +228,7 @@ def _extracardiac_blood(rng, tissues, labels, anatomy, level):
 def _fat_pad(rng, tissues, pixel_mm, reach_mm):
     """Thick, irregular epicardial/mediastinal fat outside the heart, thickest over the RV free wall.
 
-    The pad's tissue becomes pericardial fat (label 0), in place.
+    The pad's tissue becomes pericardial fat (background), in place.
     """
     heart = np.isin(tissues, (Tissue.LV_BLOOD, Tissue.MYOCARDIUM, Tissue.OEDEMA, Tissue.PAPILLARY,
                               Tissue.RV_BLOOD, Tissue.RV_WALL, Tissue.PERICARDIAL_FAT))
@@ -327,11 +328,12 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         slow = blood & _blobs(rng, m0.shape, int(rng.integers(0, 6)), (2, 6))  # slow-flow signal
         m0[slow] = rng.uniform(0.3, 1.0)
         if version >= 2:  # trabeculae and slow flow along the endocardium: grey, irregular, labelled blood pool
-            rim = ndimage.binary_dilation(labels == 2, iterations=int(rng.integers(1, 4))) & blood
+            rim = ndimage.binary_dilation(labels == Label.MYOCARDIUM, iterations=int(rng.integers(1, 4))) & blood
             trab = rim & (ndimage.gaussian_filter(rng.random(m0.shape), 0.8) > rng.uniform(0.45, 0.55))
             m0[trab] = rng.uniform(0.3, 0.9)
         else:
-            trab = blood & (ndimage.binary_dilation(labels == 2, iterations=2)) & (rng.random(m0.shape) < 0.3)
+            near_wall = ndimage.binary_dilation(labels == Label.MYOCARDIUM, iterations=2)
+            trab = blood & near_wall & (rng.random(m0.shape) < 0.3)
             m0[trab] = rng.uniform(0.4, 0.9)
         if version >= 4:
             _black_blood_texture(rng, m0, tissues, blood)
@@ -341,7 +343,7 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
         phase = rng.uniform(0, 1)
         m0[tissues == Tissue.RV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.2) / 0.1) ** 2)
         m0[tissues == Tissue.LV_BLOOD] *= 1 + 3 * np.exp(-((phase - 0.4) / 0.12) ** 2)
-        m0[labels == 2] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
+        m0[labels == Label.MYOCARDIUM] *= 1 + 0.6 * np.exp(-((phase - 0.6) / 0.2) ** 2)
     # fat suppression; black-blood T2-weighted protocols usually suppress fat (generators 5 on)
     if rng.random() < (fats.suppressed_black if "black" in contrast else 0.35):
         fat = (tissues == Tissue.FAT) | (tissues == Tissue.PERICARDIAL_FAT)
@@ -350,14 +352,15 @@ def make_slice(rng: np.random.Generator, matrix: int = 192, version: int = GENER
             _fat_strands(rng, m0, tissues == Tissue.PERICARDIAL_FAT, fats.septa_width, fats.septa_level)
     # bright distractors in the body (stomach, vessels, bowel)
     body = tissues != Tissue.AIR
+    heart = labels != Label.BACKGROUND
     if version >= 2:
-        outside_heart = body & ~ndimage.binary_dilation(labels > 0, iterations=int(rng.integers(1, 4)))
+        outside_heart = body & ~ndimage.binary_dilation(heart, iterations=int(rng.integers(1, 4)))
         distract = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
         m0[distract] = rng.uniform(0.8, 2.0)
         dark = outside_heart & _blobs(rng, m0.shape, int(rng.integers(0, 3)), (4, 15))  # bowel gas, vessels
         m0[dark] *= rng.uniform(0.02, 0.3)
     else:
-        distract = body & ~ndimage.binary_dilation(labels > 0, iterations=3) & _blobs(
+        distract = body & ~ndimage.binary_dilation(heart, iterations=3) & _blobs(
             rng, m0.shape, int(rng.integers(0, 5)), (3, 18))
         m0[distract] = rng.uniform(0.8, 2.0)
 
@@ -391,7 +394,7 @@ def make_sample(rng: np.random.Generator, version: int = GENERATOR) -> Sample:
     matrix = 192
     stack, labels, pixel_mm = make_slice(rng, matrix, version)
     # full field of view or a crop around the heart, resampled to GRID
-    heart = labels > 0
+    heart = labels != Label.BACKGROUND
     if version >= 3:  # the slice's orientation on the grid: the display frame, turned a little, or any
         display = rng.random() < CANONICAL_FRACTION
         angle = float(rng.normal(0, 12) if display else rng.uniform(-180, 180))

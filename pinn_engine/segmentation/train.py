@@ -18,10 +18,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from pinn_engine.device import default_device
+from pinn_engine.segmentation.labels import Label
 from pinn_engine.segmentation.network import N_CLASSES, UNet, count_parameters
 from pinn_engine.segmentation.synth import GENERATOR, make_dataset
 
-CLASS_WEIGHTS = (0.5, 1.0, 1.5, 1.0)
+CLASS_WEIGHTS = (0.5, 1.0, 1.5, 1.0)  # cross-entropy weight of each Label, in value order
 
 
 def _dataset_part(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -40,13 +41,14 @@ def generate(n: int, seed: int, workers: int = 2, version: int = GENERATOR) -> t
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Dice of classes 1..3 per sample (nan where both are empty)."""
-    out = np.full((pred.shape[0], 3), np.nan)
-    for c in range(1, 4):
+    """Dice of the LV blood pool, myocardium and RV blood pool (columns) per sample (nan where both are empty)."""
+    classes = (Label.LV_BLOOD_POOL, Label.MYOCARDIUM, Label.RV_BLOOD_POOL)
+    out = np.full((pred.shape[0], len(classes)), np.nan)
+    for i, c in enumerate(classes):
         p, t = pred == c, truth == c
         inter = (p & t).sum(axis=(1, 2))
         total = p.sum(axis=(1, 2)) + t.sum(axis=(1, 2))
-        out[:, c - 1] = np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
+        out[:, i] = np.where(total > 0, 2 * inter / np.maximum(total, 1), np.nan)
     return out
 
 
@@ -56,7 +58,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -
     onehot = F.one_hot(target, N_CLASSES).permute(0, 3, 1, 2).float()
     inter = (prob * onehot).sum((0, 2, 3))
     denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-    dice = 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()
+    dice = 1 - ((2 * inter + 1) / (denom + 1))[1:].mean()  # the heart's classes: all but BACKGROUND (0)
     return ce + dice
 
 

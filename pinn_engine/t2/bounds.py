@@ -44,16 +44,6 @@ def profile_rss(y: np.ndarray, te: np.ndarray, rate: np.ndarray) -> np.ndarray:
     return np.einsum("pk,pk->p", y, y) - a * a / np.einsum("pk,pk->p", e, e)
 
 
-def score_statistic(y: np.ndarray, te: np.ndarray, rate: np.ndarray) -> np.ndarray:
-    """v(R).y with v = P_perp e' / |P_perp e'|: exactly N(0, sigma^2) at the true rate."""
-    e = np.exp(-te * rate[:, None])
-    de = -te * e
-    b = np.einsum("pk,pk->p", e, e)
-    proj = de - e * (np.einsum("pk,pk->p", e, de) / b)[:, None]
-    norm = np.sqrt(np.einsum("pk,pk->p", proj, proj))
-    return np.einsum("pk,pk->p", proj, y) / np.maximum(norm, 1e-300)
-
-
 def _crossing(inside, r_in: np.ndarray, r_out: np.ndarray, steps: int) -> np.ndarray:
     """Bisection in log R between r_in (inside) and r_out (outside) of a set.
 
@@ -102,7 +92,7 @@ def consistency_set(y: np.ndarray, te_ms: np.ndarray, rate_hat: np.ndarray, sigm
 
     alpha = 1 - confidence is split: ``guard_share`` of it to the Theorem A set C_A, the
     rest to the score set S. ``model_error`` (same units as y, per echo) inflates both
-    thresholds by |eps| (section 7 of the theory).
+    thresholds by |eps| (docs/t2-error-bounds.md, Model).
     """
     te = np.asarray(te_ms, dtype=np.float64)
     k = te.size

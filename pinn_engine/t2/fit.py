@@ -12,6 +12,7 @@ from pinn_engine.t2 import bounds, noise
 from pinn_engine.t2.flags import Flag
 from pinn_engine.t2.nlls import fit_nlls
 
+T2_METHODS = ("nlls", "pinn")  # what ``fit_t2`` accepts
 T2_RANGE_MS = (5.0, 400.0)
 LOW_SIGNAL_SIGMAS = 2.5  # last echo below this many sigma: Rician regime, Gaussian model not trusted
 
@@ -86,8 +87,8 @@ def fit_t2(
         raise ValueError(f"{img.shape[1]} echoes but {te.size} preparation times")
     if te.size < 3 or np.unique(te).size != te.size:
         raise ValueError(f"need at least 3 distinct preparation times, got {list(te)}")
-    if method not in ("nlls", "pinn"):
-        raise ValueError(f"method must be 'nlls' or 'pinn', not {method!r}")
+    if method not in T2_METHODS:
+        raise ValueError(f"method must be {' or '.join(map(repr, T2_METHODS))}, not {method!r}")
     if not 0.5 < confidence < 1:
         raise ValueError("confidence must be in (0.5, 1)")
     order = np.argsort(te)

@@ -37,7 +37,8 @@ def loglinear_rate(y: np.ndarray, te: np.ndarray) -> np.ndarray:
     return np.clip(-num / den, R_MIN, R_MAX)
 
 
-def _gn_steps(y: np.ndarray, te: np.ndarray, r: np.ndarray, iterations: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _gn_steps(y: np.ndarray, te: np.ndarray, r: np.ndarray, iterations: int,
+              tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``iterations`` Gauss-Newton steps on R; returns (R, converged)."""
     converged = np.zeros(y.shape[0], dtype=bool)
     for _ in range(iterations):

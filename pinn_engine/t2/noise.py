@@ -30,9 +30,10 @@ class NoiseEstimate:
 def background_mask(images: np.ndarray) -> np.ndarray:
     """Air outside the body (S, H, W): dim, connected to the image border, Rayleigh-like.
 
-    Starts from the image's 5th percentile read as a Rayleigh quantile, then thresholds the first echo smoothed over 5x5 pixels (air: mean 1.25 sigma, nearly
-    uniform) at 2 sigma, keeping what is connected to the border (dim tissue inside the
-    body, e.g. lungs, is not). The region is accepted only if its magnitude statistics
+    Starts from the image's 5th percentile read as a Rayleigh quantile, then thresholds the
+    first echo smoothed over 5x5 pixels (air: mean 1.25 sigma, nearly uniform) at 2 sigma,
+    keeping what is connected to the border (dim tissue inside the body, e.g. lungs, is
+    not). The region is accepted only if its magnitude statistics
     are Rayleigh (E[M]^2 / E[M^2] = pi/4); an image cropped to the body has no background.
     The result is eroded away from the body edge (partial volume, ghosting).
     """

@@ -3,10 +3,11 @@
 Noise is independent between pixels, so the least-squares (reference) estimates are
 independent with variances ~ the per-pixel Fisher bound at the estimate (with the upper
 noise limit sigma_u) and a second-order bias ~ var_i / T2_i. The bound on the mean of the
-reference estimate is z_{(1+c)/2} * sqrt(sum var_i) / n + sum(var_i / T2_i) / n. For another estimator (the PINN), whose pixels may be
-coupled, the distance between its mean and the reference mean on the same data is added
-(triangle inequality), so its bias is inside the reported bound by construction.
-Coverage is verified by simulation (benchmarks/t2_accuracy.py).
+reference estimate is z_{(1+c)/2} * sqrt(sum var_i) / n + sum(var_i / T2_i) / n. For
+another estimator (the PINN), whose pixels may be coupled, the distance between its mean
+and the reference mean on the same data is added (triangle inequality), so its bias is
+inside the reported bound by construction. Coverage is verified by simulation
+(benchmarks/t2_accuracy.py).
 """
 
 from __future__ import annotations
