@@ -17,21 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.status import STATUS_CANCEL, STATUS_PENDING, STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from dicom_node.status import UNABLE_TO_PROCESS
 from dicom_node.tls import peer_subject
 
 LOG = logging.getLogger("dicom_node.audit")
-_PENDING = (0xFF00, 0xFF01)
+_RESULTS = {STATUS_SUCCESS: "success", STATUS_CANCEL: "cancel", STATUS_WARNING: "warning"}
 
 
 def _result(status: int) -> str:
-    if status == 0x0000:
-        return "success"
-    if status == 0xFE00:
-        return "cancel"
-    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
-        return "warning"
-    return "failure"
+    """The audit line's result; a status of no known category counts as a failure."""
+    return _RESULTS.get(code_to_category(status), "failure")
 
 
 class AuditLog:
@@ -106,8 +103,8 @@ class AuditLog:
             if not name.endswith("_RSP"):
                 return
             cs = msg.command_set
-            status = int(cs.get("Status", 0xC000))
-            if status in _PENDING:
+            status = int(cs.get("Status", UNABLE_TO_PROCESS))
+            if code_to_category(status) == STATUS_PENDING:  # only the final response is audited
                 return
             what = requests.pop((id(event.assoc), int(cs.get("MessageIDBeingRespondedTo", 0))), None) or {
                 "service": name[:-4].replace("_", "-")}

@@ -17,19 +17,18 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-# DIMSE C-STORE failure statuses (PS3.4 B.2.3; the C000 family is "Cannot understand")
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_SOP_CLASS_MISMATCH = 0xA900
-STATUS_CANNOT_DECODE = 0xC210
-STATUS_MISSING_UID = 0xC220
-STATUS_INVALID_UID = 0xC221
-STATUS_UID_MISMATCH = 0xC222
+from dicom_node.status import (
+    CANNOT_UNDERSTAND_INVALID_UID,
+    CANNOT_UNDERSTAND_MALFORMED,
+    CANNOT_UNDERSTAND_MISSING_UID,
+    CANNOT_UNDERSTAND_UID_MISMATCH,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+)
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
@@ -121,7 +120,7 @@ def _inflate(data: bytes, chunk: int = 16 * 1024 * 1024) -> bytes:
             out = inflater.decompress(pending, chunk)
             total += len(out)
             if total > MAX_INFLATED_BYTES:
-                raise InvalidInstance(STATUS_CANNOT_DECODE,
+                raise InvalidInstance(CANNOT_UNDERSTAND_MALFORMED,
                                       f"deflated data set inflates beyond {MAX_INFLATED_BYTES} bytes")
             parts.append(out)
             pending = inflater.unconsumed_tail
@@ -129,7 +128,7 @@ def _inflate(data: bytes, chunk: int = 16 * 1024 * 1024) -> bytes:
                 break
         parts.append(inflater.flush())
     except zlib.error as exc:
-        raise InvalidInstance(STATUS_CANNOT_DECODE, f"deflated data set does not inflate: {exc}") from exc
+        raise InvalidInstance(CANNOT_UNDERSTAND_MALFORMED, f"deflated data set does not inflate: {exc}") from exc
     return b"".join(parts)
 
 
@@ -159,7 +158,7 @@ class _Walker:
         self.pixel_length: int | None = None
 
     def fail(self, reason: str) -> InvalidInstance:
-        return InvalidInstance(STATUS_CANNOT_DECODE, reason)
+        return InvalidInstance(CANNOT_UNDERSTAND_MALFORMED, reason)
 
     def header(self, pos: int, end: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR or None, length, position of the value) of the element at ``pos``."""
@@ -284,9 +283,10 @@ def _read_top_level(data: bytes, transfer_syntax: UID) -> tuple[dict, bool, bool
     except InvalidInstance:
         raise
     except (struct.error, ValueError, IndexError) as exc:
-        raise InvalidInstance(STATUS_CANNOT_DECODE, f"data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+        raise InvalidInstance(CANNOT_UNDERSTAND_MALFORMED,
+                              f"data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
     if not walker.wanted:
-        raise InvalidInstance(STATUS_CANNOT_DECODE, "data set contains no recognisable elements")
+        raise InvalidInstance(CANNOT_UNDERSTAND_MALFORMED, "data set contains no recognisable elements")
     _check_pixel_length(walker, transfer_syntax)
     wanted = {Tag(tag): RawDataElement(Tag(tag), vr, len(value), value, offset, implicit, little)
               for tag, (vr, value, offset) in walker.wanted.items()}
@@ -303,7 +303,7 @@ def _check_pixel_length(walker: _Walker, transfer_syntax: UID) -> None:
     needed = (total_bits + 7) // 8
     if walker.pixel_length < needed:
         raise InvalidInstance(
-            STATUS_CANNOT_DECODE,
+            CANNOT_UNDERSTAND_MALFORMED,
             f"Pixel Data holds {walker.pixel_length} bytes; Rows {g['rows']} x Columns {g['columns']} x "
             f"{g.get('samples', 1)} samples x {max(g.get('frames', 1), 1)} frames x {bits} bits need {needed}",
         )
@@ -375,18 +375,18 @@ def _extract(
     for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = _plain(ds, kw, kw) if kw in ds else None
         if value is None:
-            raise InvalidInstance(STATUS_MISSING_UID, f"{kw} is missing or empty")
+            raise InvalidInstance(CANNOT_UNDERSTAND_MISSING_UID, f"{kw} is missing or empty")
         if not is_valid_uid(value):
-            raise InvalidInstance(STATUS_INVALID_UID, f"{kw} is not a valid UID: {value[:70]!r}")
+            raise InvalidInstance(CANNOT_UNDERSTAND_INVALID_UID, f"{kw} is not a valid UID: {value[:70]!r}")
         uids[kw] = value
     if affected_sop_class and uids["SOPClassUID"] != affected_sop_class:
         raise InvalidInstance(
-            STATUS_SOP_CLASS_MISMATCH,
+            DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             f"SOPClassUID {uids['SOPClassUID']} differs from the request's {affected_sop_class}",
         )
     if affected_sop_instance and uids["SOPInstanceUID"] != affected_sop_instance:
         raise InvalidInstance(
-            STATUS_UID_MISMATCH,
+            CANNOT_UNDERSTAND_UID_MISMATCH,
             f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's {affected_sop_instance}",
         )
 

@@ -1,4 +1,8 @@
-"""Small socket-level helpers shared by the SCP and the SCU."""
+"""Small socket-level helpers shared by the SCP and the SCU.
+
+The patches of pynetdicom internals below are written for pynetdicom 3.0.4 (setup.cfg allows 3.0.x);
+tests/test_netutil_patches.py fails, naming the internal, when one of them changes.
+"""
 
 from __future__ import annotations
 

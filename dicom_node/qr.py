@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.index import Index, StoredInstance
 from dicom_node.instance import normalise_time
+from dicom_node.status import IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
 
 PATIENT_ROOT = {
     "1.2.840.10008.5.1.4.1.2.1.1",  # FIND
@@ -28,10 +29,6 @@ STUDY_ROOT = {
 }
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-
-# DIMSE statuses for Q/R (PS3.4 C.4.1.1.4)
-STATUS_IDENTIFIER_MISMATCH = 0xA900
-STATUS_UNABLE_TO_PROCESS = 0xC000
 
 
 class QueryError(Exception):
@@ -48,7 +45,8 @@ class Key:
     match: str  # uid | string | pn | date | time | int | modalities | count
 
 
-_COUNT_PATIENT = "(SELECT COUNT(*) FROM {t} x WHERE x.study_uid IN (SELECT study_uid FROM studies p WHERE p.patient_id IS st.patient_id))"
+_COUNT_PATIENT = ("(SELECT COUNT(*) FROM {t} x WHERE x.study_uid IN "
+                  "(SELECT study_uid FROM studies p WHERE p.patient_id IS st.patient_id))")
 KEYS: dict[str, Key] = {
     "PatientID": Key("PATIENT", "st.patient_id", "string"),
     "PatientName": Key("PATIENT", "st.patient_name", "pn"),
@@ -94,13 +92,15 @@ KEYS: dict[str, Key] = {
     "InstanceNumber": Key("IMAGE", "i.instance_number", "int"),
 }
 
-_UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+_UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+           "IMAGE": "SOPInstanceUID"}
 
 _FROM = {
     "PATIENT": "FROM studies st",
     "STUDY": "FROM studies st",
     "SERIES": "FROM series se JOIN studies st ON st.study_uid = se.study_uid",
-    "IMAGE": "FROM instances i JOIN series se ON se.series_uid = i.series_uid JOIN studies st ON st.study_uid = i.study_uid",
+    "IMAGE": "FROM instances i JOIN series se ON se.series_uid = i.series_uid "
+             "JOIN studies st ON st.study_uid = i.study_uid",
 }
 
 
@@ -109,15 +109,15 @@ def model_of(sop_class_uid: str) -> str:
         return "PATIENT_ROOT"
     if sop_class_uid in STUDY_ROOT:
         return "STUDY_ROOT"
-    raise QueryError(STATUS_IDENTIFIER_MISMATCH, f"unsupported information model {sop_class_uid}")
+    raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"unsupported information model {sop_class_uid}")
 
 
 def query_level(identifier: Dataset, model: str) -> str:
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level not in LEVELS:
-        raise QueryError(STATUS_IDENTIFIER_MISMATCH, f"missing or invalid QueryRetrieveLevel {level!r}")
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"missing or invalid QueryRetrieveLevel {level!r}")
     if model == "STUDY_ROOT" and level == "PATIENT":
-        raise QueryError(STATUS_IDENTIFIER_MISMATCH, "PATIENT level is not part of the Study Root model")
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "PATIENT level is not part of the Study Root model")
     return level
 
 
@@ -168,7 +168,7 @@ def _condition(key: Key, raw: Any) -> tuple[str, list[Any]] | None:
         try:
             return f"{col} = ?", [int(value)]
         except ValueError as exc:
-            raise QueryError(STATUS_IDENTIFIER_MISMATCH, f"not an integer: {value!r}") from exc
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"not an integer: {value!r}") from exc
     if key.match in ("date", "time"):
         if "-" in value:
             low, _, high = value.partition("-")
@@ -214,7 +214,7 @@ def build_query(identifier: Dataset, level: str, model: str) -> tuple[str, list[
             try:
                 raw = identifier[kw].value
             except Exception as exc:
-                raise QueryError(STATUS_IDENTIFIER_MISMATCH, f"cannot decode key {kw}: {exc}") from exc
+                raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"cannot decode key {kw}: {exc}") from exc
             cond = _condition(KEYS[kw], raw)
             if cond:
                 where.append(cond[0])
@@ -246,8 +246,10 @@ def find(index: Index, identifier: Dataset, sop_class_uid: str, retrieve_ae: str
     model = model_of(sop_class_uid)
     level = query_level(identifier, model)
     sql, params, _ = build_query(identifier, level, model)
-    requested = [e.keyword for e in identifier if e.keyword and e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
-    always = [_UNIQUE[lv] for lv in LEVELS[: LEVELS.index(level) + 1] if not (model == "STUDY_ROOT" and lv == "PATIENT")]
+    requested = [e.keyword for e in identifier
+                 if e.keyword and e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
+    always = [_UNIQUE[lv] for lv in LEVELS[: LEVELS.index(level) + 1]
+              if not (model == "STUDY_ROOT" and lv == "PATIENT")]
     for row in index.query(sql, params):
         rsp = Dataset()
         rsp.QueryRetrieveLevel = level
@@ -275,7 +277,7 @@ def select_instances(index: Index, identifier: Dataset, sop_class_uid: str) -> l
     level = query_level(identifier, model)
     unique = _UNIQUE[level]
     if not str(identifier.get(unique, "") or "").strip():
-        raise QueryError(STATUS_IDENTIFIER_MISMATCH, f"retrieve at {level} level needs {unique}")
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"retrieve at {level} level needs {unique}")
     sql, params, _ = build_query(identifier, level, model)
     keys = [row[unique] for row in index.query(sql, params)]
     if level == "PATIENT":

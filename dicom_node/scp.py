@@ -10,8 +10,8 @@ import logging
 from typing import Any, Iterator
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom import uid as _uid
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.sop_class import (
@@ -27,19 +27,23 @@ from pynetdicom.sop_class import (
 from dicom_node import qr
 from dicom_node.audit import AuditLog
 from dicom_node.config import Config
-from dicom_node.index import Index, StoredInstance
 from dicom_node.filemeta import encode_file_meta
-from dicom_node.instance import STATUS_INVALID_UID, InvalidInstance, is_valid_uid, parse_instance
+from dicom_node.index import Index, StoredInstance
+from dicom_node.instance import InvalidInstance, is_valid_uid, parse_instance
 from dicom_node.logs import log_event
 from dicom_node.netutil import NODELAY_HANDLERS, stall_guard
+from dicom_node.status import (
+    CANCEL,
+    CANNOT_UNDERSTAND_INVALID_UID,
+    OUT_OF_RESOURCES,
+    PENDING,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+)
 from dicom_node.store import InstanceStore, StorageUnavailable
 
 LOG = logging.getLogger("dicom_node.scp")
-
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_PENDING = 0xFF00
-STATUS_CANCEL = 0xFE00
 
 _UNCOMPRESSED = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID("1.2.840.10008.1.2.2")}
 
@@ -174,7 +178,7 @@ class NodeSCP:
 
     # -- C-ECHO ----------------------------------------------------------------
     def handle_echo(self, event: evt.Event) -> int:
-        return 0x0000
+        return SUCCESS
 
     # -- C-STORE ---------------------------------------------------------------
     def handle_store(self, event: evt.Event) -> int | Dataset:
@@ -186,7 +190,8 @@ class NodeSCP:
             ts = str(event.context.transfer_syntax)
             sop_class, sop_instance = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
             if not (is_valid_uid(sop_class) and is_valid_uid(sop_instance)):
-                raise InvalidInstance(STATUS_INVALID_UID, "the request's affected SOP class/instance UID is invalid")
+                raise InvalidInstance(CANNOT_UNDERSTAND_INVALID_UID,
+                                      "the request's affected SOP class/instance UID is invalid")
             # the file write + fsync runs while the data set is checked
             staged = self.store.stage(encode_file_meta(sop_class, sop_instance, ts, calling_ae), body)
             info = parse_instance(body, ts, sop_class, sop_instance)
@@ -201,10 +206,10 @@ class NodeSCP:
         except StorageUnavailable as exc:
             staged = None  # commit removed it
             log_event(LOG, "store.out_of_resources", logging.ERROR, calling_ae=calling_ae, reason=str(exc))
-            return _status(STATUS_OUT_OF_RESOURCES, str(exc))
+            return _status(OUT_OF_RESOURCES, str(exc))
         except Exception as exc:
             LOG.exception("unexpected error while storing")
-            return _status(STATUS_PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
+            return _status(PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}")
         finally:
             if staged is not None:
                 self.store.discard(staged)
@@ -213,7 +218,7 @@ class NodeSCP:
                       series_uid=info.series_uid, calling_ae=calling_ae)
         if result.reopened_series:
             log_event(LOG, "series.reopened", logging.WARNING, series_uid=info.series_uid)
-        return 0x0000
+        return SUCCESS
 
     # -- C-FIND ----------------------------------------------------------------
     def handle_find(self, event: evt.Event) -> Iterator[tuple[Any, Any]]:
@@ -228,15 +233,15 @@ class NodeSCP:
             return
         except Exception as exc:
             LOG.exception("C-FIND failed")
-            yield _status(qr.STATUS_UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
+            yield _status(UNABLE_TO_PROCESS, f"{type(exc).__name__}: {exc}"), None
             return
         log_event(LOG, "find", **_peer(event), qr_level=str(identifier.get("QueryRetrieveLevel", "")),
                   matches=len(results))
         for rsp in results:
             if event.is_cancelled:
-                yield STATUS_CANCEL, None
+                yield CANCEL, None
                 return
-            yield STATUS_PENDING, rsp
+            yield PENDING, rsp
 
     # -- C-MOVE / C-GET --------------------------------------------------------
     def _select(self, event: evt.Event) -> list[StoredInstance]:
@@ -250,7 +255,7 @@ class NodeSCP:
     def _datasets(self, event: evt.Event, instances: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
         for inst in instances:
             if event.is_cancelled:
-                yield STATUS_CANCEL, None
+                yield CANCEL, None
                 return
             try:
                 ds = dcmread(self.store.abspath(inst.path))
@@ -258,7 +263,7 @@ class NodeSCP:
                 log_event(LOG, "retrieve.unreadable", logging.ERROR, sop_instance_uid=inst.sop_instance_uid,
                           error=str(exc))
                 continue
-            yield STATUS_PENDING, ds
+            yield PENDING, ds
 
     @staticmethod
     def _move_contexts(instances: list[StoredInstance]) -> list:
@@ -279,7 +284,7 @@ class NodeSCP:
         if destination is None:
             log_event(LOG, "move.unknown_destination", logging.WARNING, **_peer(event),
                       move_destination=str(event.move_destination))
-            yield None, None
+            yield None, None  # pynetdicom answers status.MOVE_DESTINATION_UNKNOWN
             return
         instances = None
         try:
@@ -296,13 +301,13 @@ class NodeSCP:
             options["tls_args"] = (client_context(self.config.security), destination.host)
         yield destination.host, destination.port, options
         if instances is None:
-            raise ValueError("invalid C-MOVE identifier")  # pynetdicom answers 0xC513
+            raise ValueError("invalid C-MOVE identifier")  # pynetdicom answers status.MOVE_UNABLE_TO_PROCESS
         log_event(LOG, "move", **_peer(event), destination=destination.name, instances=len(instances))
         yield len(instances)
         yield from self._datasets(event, instances)
 
     def handle_get(self, event: evt.Event) -> Iterator[Any]:
-        instances = self._select(event)  # a QueryError here makes pynetdicom answer 0xC413
+        instances = self._select(event)  # a QueryError: pynetdicom answers status.GET_UNABLE_TO_PROCESS
         log_event(LOG, "get", **_peer(event), instances=len(instances))
         yield len(instances)
         yield from self._datasets(event, instances)

@@ -2,7 +2,7 @@
 
 An instance counts as sent only when the peer returned a success or warning status for
 it. An aborted association, a DIMSE timeout or a lost response (pynetdicom's SCU can
-lose one under load, see shared/reference/anchors.md) makes the sender re-associate,
+lose one under load: see ``netutil._ResponseKeepingAssociation``) makes the sender re-associate,
 after a back-off, and resend what is not yet acknowledged; resending the same SOP
 Instance UID is harmless for a PACS.
 """
@@ -18,17 +18,19 @@ from typing import Iterable, Sequence
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from dicom_node.config import SendSection
 from dicom_node.logs import log_event
 from dicom_node.netutil import NODELAY_HANDLERS
+from dicom_node.status import CANNOT_UNDERSTAND, SOP_CLASS_NOT_SUPPORTED
 
 LOG = logging.getLogger("dicom_node.send")
 
 # Send files as stored, streamed from disk, without decoding and re-encoding them.
 _config.STORE_SEND_CHUNKED_DATASET = True
 
-_SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+_DELIVERED = (STATUS_SUCCESS, STATUS_WARNING)  # the peer stored the instance
 _MAX_CONTEXTS = 128
 
 
@@ -140,7 +142,7 @@ class StorageSender:
         accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
         for n, inst in enumerate(pending):
             if (inst.sop_class_uid, inst.transfer_syntax_uid) not in accepted:
-                report.failed[inst.sop_instance_uid] = 0x0122  # SOP class not supported by the peer
+                report.failed[inst.sop_instance_uid] = SOP_CLASS_NOT_SUPPORTED  # no accepted context for it
                 continue
             try:
                 status = assoc.send_c_store(inst.path)
@@ -149,16 +151,17 @@ class StorageSender:
                     return pending[n:]
                 log_event(LOG, "send.instance_error", logging.ERROR, sop_instance_uid=inst.sop_instance_uid,
                           error=str(exc))
-                report.failed[inst.sop_instance_uid] = 0xC000
+                report.failed[inst.sop_instance_uid] = CANNOT_UNDERSTAND  # failed on this side, before a response
                 continue
             code = getattr(status, "Status", None)
             if code is None:  # no response: timeout, abort or lost response
                 if assoc.is_established:
                     assoc.abort()
                 return pending[n:]
-            if code in _SUCCESS_OR_WARNING:
+            category = code_to_category(code)
+            if category in _DELIVERED:
                 report.acknowledged.append(inst.sop_instance_uid)
-                if code:
+                if category == STATUS_WARNING:
                     report.warnings[inst.sop_instance_uid] = code
             else:
                 report.failed[inst.sop_instance_uid] = code

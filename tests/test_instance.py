@@ -7,14 +7,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from dicom_node.instance import (
-    STATUS_CANNOT_DECODE,
-    STATUS_INVALID_UID,
-    STATUS_MISSING_UID,
-    STATUS_SOP_CLASS_MISMATCH,
-    InvalidInstance,
-    is_valid_uid,
-    parse_instance,
+from dicom_node.instance import InvalidInstance, is_valid_uid, parse_instance
+from dicom_node.status import (
+    CANNOT_UNDERSTAND_INVALID_UID,
+    CANNOT_UNDERSTAND_MALFORMED,
+    CANNOT_UNDERSTAND_MISSING_UID,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
 )
 from dicom_node.synthetic import mr_image
 
@@ -65,13 +63,13 @@ def test_truncated_is_refused(cut):
     raw = encode(image())
     with pytest.raises(InvalidInstance) as info:
         parse_instance(raw[:-cut], ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_CANNOT_DECODE
+    assert info.value.status == CANNOT_UNDERSTAND_MALFORMED
 
 
 def test_garbage_is_refused():
     with pytest.raises(InvalidInstance) as info:
         parse_instance(b"\x08\x00\x18\x00UI\xff\xffgarbage" * 5, ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_CANNOT_DECODE
+    assert info.value.status == CANNOT_UNDERSTAND_MALFORMED
     with pytest.raises(InvalidInstance):
         parse_instance(b"", ExplicitVRLittleEndian)
 
@@ -82,7 +80,7 @@ def test_missing_uid(keyword):
     delattr(ds, keyword)
     with pytest.raises(InvalidInstance) as info:
         parse_instance(encode(ds), ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_MISSING_UID and keyword in info.value.reason
+    assert info.value.status == CANNOT_UNDERSTAND_MISSING_UID and keyword in info.value.reason
 
 
 @pytest.mark.parametrize("bad", ["1.2.03.4", "1..2", "abc", "1.2." + "3" * 70])
@@ -91,14 +89,14 @@ def test_invalid_uid(bad):
     ds["SeriesInstanceUID"].value = bad
     with pytest.raises(InvalidInstance) as info:
         parse_instance(encode(ds), ExplicitVRLittleEndian)
-    assert info.value.status == STATUS_INVALID_UID
+    assert info.value.status == CANNOT_UNDERSTAND_INVALID_UID
 
 
 def test_sop_class_mismatch():
     ds = image()
     with pytest.raises(InvalidInstance) as info:
         parse_instance(encode(ds), ExplicitVRLittleEndian, affected_sop_class="1.2.840.10008.5.1.4.1.1.7")
-    assert info.value.status == STATUS_SOP_CLASS_MISMATCH
+    assert info.value.status == DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_uid_rules():

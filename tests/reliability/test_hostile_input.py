@@ -63,15 +63,13 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from dicom_node.instance import (
-    STATUS_CANNOT_DECODE,
-    STATUS_INVALID_UID,
-    STATUS_MISSING_UID,
-    STATUS_SOP_CLASS_MISMATCH,
-    STATUS_UID_MISMATCH,
-    InvalidInstance,
-    is_valid_uid,
-    parse_instance,
+from dicom_node.instance import InvalidInstance, is_valid_uid, parse_instance
+from dicom_node.status import (
+    CANNOT_UNDERSTAND_INVALID_UID,
+    CANNOT_UNDERSTAND_MALFORMED,
+    CANNOT_UNDERSTAND_MISSING_UID,
+    CANNOT_UNDERSTAND_UID_MISMATCH,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
 )
 from dicom_node.synthetic import mr_image, synthetic_uid
 from tests.helpers import NodeProcess, chunked_sending, encode_parts, run
@@ -81,9 +79,9 @@ FUZZ_PDU_CASES = int(os.environ.get("FUZZ_PDU_CASES", "12"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20261121"))
 FUZZ_RANDOM = os.environ.get("FUZZ_RANDOM", "") not in ("", "0")
 
-# What the node may answer a refused C-STORE with (dicom_node.instance)
-FAILURE_STATUSES = {STATUS_CANNOT_DECODE, STATUS_MISSING_UID, STATUS_INVALID_UID, STATUS_UID_MISMATCH,
-                    STATUS_SOP_CLASS_MISMATCH}
+# What the node may answer a refused C-STORE with (dicom_node.status)
+FAILURE_STATUSES = {CANNOT_UNDERSTAND_MALFORMED, CANNOT_UNDERSTAND_MISSING_UID, CANNOT_UNDERSTAND_INVALID_UID,
+                    CANNOT_UNDERSTAND_UID_MISMATCH, DATA_SET_DOES_NOT_MATCH_SOP_CLASS}
 PARSE_TIME_LIMIT_S = 5.0  # one parse of a ~1 kB data set takes about a millisecond
 CONNECTION_END_TIMEOUT_S = 10.0  # a raw peer's connection must end this soon after it stops sending
 
@@ -481,7 +479,7 @@ def test_every_length_field_boundary(base_name):
     """Exhaustive: each header's length set to each boundary value (nested ones included)."""
     base = bases()[base_name]
     outcomes = {}
-    for i, field in enumerate(base.fields):
+    for i, _field in enumerate(base.fields):
         for choice in LENGTH_CHOICES:
             outcomes[(i, choice)] = check_parse(apply_ops(base, [("length", i, choice)]), base.ts,
                                                 base.sop_class, base.sop_instance)
@@ -525,7 +523,7 @@ def test_odd_character_sets_and_bytes_never_refuse_or_crash(charset, values):
     """Text in any (even unknown or undecodable) character set is an index matter, never a refusal."""
     ds = sample_dataset("charset")
     ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
-    for (tag, vr, _), value in zip(TEXT_ATTRIBUTES, values):
+    for (tag, vr, _), value in zip(TEXT_ATTRIBUTES, values, strict=True):
         value += b" " * (len(value) % 2)
         ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
     for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
@@ -769,52 +767,52 @@ def hostile_cases(tmp: Path) -> list[Case]:
     add("good_first", image(), 0x0000)
     ds = image()
     full = encode_body(ds, ExplicitVRLittleEndian)
-    add("truncated_pixel_data", ds, STATUS_CANNOT_DECODE, body=full[:-200], reason_has="declares")
+    add("truncated_pixel_data", ds, CANNOT_UNDERSTAND_MALFORMED, body=full[:-200], reason_has="declares")
     add("good_charset_latin1", image(patient_name="Müller^Jürgen", patient_id=f"HOSTILE-L1-{pid}",
                                      SpecificCharacterSet="ISO_IR 100", StudyDescription="Herz-MRT für Ärzte"), 0)
     ds = image()
-    add("wrong_vr_study_uid_ob", ds, STATUS_CANNOT_DECODE,
+    add("wrong_vr_study_uid_ob", ds, CANNOT_UNDERSTAND_MALFORMED,
         body=_with_header_change(encode_body(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian, 0x0020000D,
                                  vr=b"OB"))
-    add("good_charset_iso2022_jp", image(patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう", patient_id=f"HOSTILE-JA-{pid}",
-                                         SpecificCharacterSet=["", "ISO 2022 IR 87"],
-                                         StudyDescription="心臓MRI"), 0)
+    add("good_charset_iso2022_jp",
+        image(patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう", patient_id=f"HOSTILE-JA-{pid}",
+              SpecificCharacterSet=["", "ISO 2022 IR 87"], StudyDescription="心臓MRI"), 0)
     ds = image()
-    add("wrong_vr_sop_uid_us", ds, STATUS_INVALID_UID,
+    add("wrong_vr_sop_uid_us", ds, CANNOT_UNDERSTAND_INVALID_UID,
         body=_with_header_change(encode_body(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian, 0x00080018,
                                  vr=b"US"), reason_has="not a valid UID")
     add("good_charset_gb18030", image(patient_name="Wang^XiaoDong=王^小东", patient_id=f"HOSTILE-GB-{pid}",
                                       SpecificCharacterSet="GB18030", StudyDescription="心脏磁共振"), 0)
     ds = image()
-    add("length_beyond_buffer", ds, STATUS_CANNOT_DECODE,
+    add("length_beyond_buffer", ds, CANNOT_UNDERSTAND_MALFORMED,
         body=_with_header_change(encode_body(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian, 0x7FE00010,
                                  length=0x7FFFFFF0), reason_has="declares")
     add("good_charset_utf8", image(patient_name="Łukasz^Żółć=ルカシュ^🙂", patient_id=f"HOSTILE-U8-{pid}",
                                    SpecificCharacterSet="ISO_IR 192", StudyDescription="Ŝerco — MR ♥"), 0)
     ds = image()
-    add("middle_length_beyond_buffer", ds, STATUS_CANNOT_DECODE,
+    add("middle_length_beyond_buffer", ds, CANNOT_UNDERSTAND_MALFORMED,
         body=_with_header_change(encode_body(ds, ExplicitVRLittleEndian), ExplicitVRLittleEndian, 0x00081030,
                                  length=0xFFFF))
     add("good_basic_text_sr", _non_image(image(), BASIC_TEXT_SR), 0)
-    add("sop_class_mismatch", image(SOPClassUID=CT_IMAGE), STATUS_SOP_CLASS_MISMATCH, sop_class=MRImageStorage,
-        reason_has="differs")
+    add("sop_class_mismatch", image(SOPClassUID=CT_IMAGE), DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        sop_class=MRImageStorage, reason_has="differs")
     add("good_encapsulated_pdf", _non_image(image(), ENCAPSULATED_PDF), 0)
     ds = image()
-    add("sop_instance_mismatch", ds, STATUS_UID_MISMATCH, sop_instance=synthetic_uid("hostile-net", "other", n),
-        reason_has="differs")
+    add("sop_instance_mismatch", ds, CANNOT_UNDERSTAND_UID_MISMATCH,
+        sop_instance=synthetic_uid("hostile-net", "other", n), reason_has="differs")
     add("good_implicit_le", image(), 0, ts=ImplicitVRLittleEndian)
     ds = image()
     del ds.StudyInstanceUID
-    add("missing_study_uid", ds, STATUS_MISSING_UID, reason_has="StudyInstanceUID")
+    add("missing_study_uid", ds, CANNOT_UNDERSTAND_MISSING_UID, reason_has="StudyInstanceUID")
     add("good_explicit_be", image(), 0, ts=ExplicitVRBigEndian)
     ds = image()
-    add("garbage", ds, STATUS_CANNOT_DECODE, body=random.Random(7).randbytes(3000))
+    add("garbage", ds, CANNOT_UNDERSTAND_MALFORMED, body=random.Random(7).randbytes(3000))
     ds = image()
     truncated_be = encode_body(ds, ExplicitVRBigEndian)[:-77]
-    add("truncated_big_endian", ds, STATUS_CANNOT_DECODE, body=truncated_be, ts=ExplicitVRBigEndian)
+    add("truncated_big_endian", ds, CANNOT_UNDERSTAND_MALFORMED, body=truncated_be, ts=ExplicitVRBigEndian)
     ds = image()
     body = encode_body(ds, ImplicitVRLittleEndian)
-    add("implicit_huge_length", ds, STATUS_CANNOT_DECODE, ts=ImplicitVRLittleEndian,
+    add("implicit_huge_length", ds, CANNOT_UNDERSTAND_MALFORMED, ts=ImplicitVRLittleEndian,
         body=_with_header_change(body, ImplicitVRLittleEndian, 0x00100010, length=0xFFFFFFF0))
     add("good_last", image(), 0x0000)
     return cases
@@ -850,9 +848,9 @@ def association(node: NodeProcess) -> Iterator[Any]:
 
 def stored_data_set(node: NodeProcess, sop_instance: str) -> bytes | None:
     """The data set bytes of the stored file (after its file meta), or None if not indexed."""
-    from pynetdicom.dsutils import split_dataset
-
     import sqlite3
+
+    from pynetdicom.dsutils import split_dataset
 
     conn = sqlite3.connect(node.storage / "index.sqlite")
     try:
@@ -992,11 +990,11 @@ def test_data_set_cut_inside_an_element_header_is_refused_over_the_network(node,
     bodies = [encode_body(ds, ExplicitVRLittleEndian) for ds in (good, cut, after)]
     bodies[1] = bodies[1][:bodies[1].rindex(b"\xe0\x7f\x10\x00OW") + 4]
     paths = [raw_file(tmp_path / f"{i}.dcm", MRImageStorage, str(ds.SOPInstanceUID), ExplicitVRLittleEndian, body)
-             for i, (ds, body) in enumerate(zip((good, cut, after), bodies))]
+             for i, (ds, body) in enumerate(zip((good, cut, after), bodies, strict=True))]
     with association(node) as assoc, chunked_sending():
         statuses = [assoc.send_c_store(p).Status for p in paths]
     assert statuses[0] == 0x0000 and statuses[2] == 0x0000
-    assert statuses[1] == STATUS_CANNOT_DECODE, f"a data set without its Pixel Data answered 0x{statuses[1]:04X}"
+    assert statuses[1] == CANNOT_UNDERSTAND_MALFORMED, f"a data set without its Pixel Data answered 0x{statuses[1]:04X}"
     assert stored_data_set(node, str(cut.SOPInstanceUID)) is None
 
 
