@@ -88,7 +88,7 @@ def dcmri_side_by_side(d, n: int, log) -> None:
                                          PS=ps / 60.0) - curve
             fit = least_squares(residual, np.log([1.0, 0.05, 0.2, 1.0]),
                                 bounds=(np.log([0.02, 0.005, 0.02, 0.01]), np.log([10.0, 0.6, 0.9, 10.0])))
-            for p, v in zip(NAMES, np.exp(fit.x)):
+            for p, v in zip(NAMES, np.exp(fit.x), strict=True):
                 est[p][j] = v
         seconds.append((time.perf_counter() - t0) / n * 4800)
         nmse.append(np.mean([np.mean((est[p] - truth[p]) ** 2) / np.mean(truth[p]) for p in NAMES]))
@@ -102,8 +102,7 @@ def real_slice(folder: Path, log) -> None:
     """The real slice through the node's pipeline, then with the hand-drawn masks."""
     from scipy.io import loadmat
 
-    from dicom_node.pipeline_perfusion import process_perfusion
-    from dicom_node.series_io import load_perfusion_series
+    from dicom_node.processing import load_perfusion_series, process_perfusion
     from pinn_engine.aha import assign_aha
     from pinn_engine.perfusion.quantify import quantify
 

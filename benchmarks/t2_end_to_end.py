@@ -89,7 +89,7 @@ class ScipyReference:
     """
 
     def __init__(self, series_dir: Path, sample: int = 1000) -> None:
-        from dicom_node.series_io import load_t2_series
+        from dicom_node.processing import load_t2_series
         from pinn_engine.t2 import fit_t2
 
         s = load_t2_series(sorted(series_dir.glob("*.dcm")))
@@ -151,7 +151,8 @@ def main() -> int:
             if method == "nlls":
                 print(f"scipy per-pixel least_squares on the same {scipy.n_pixels} pixels: median "
                       f"{statistics.median(x['scipy'] for x in runs):.1f} s; vs VarPro-GN with bounds "
-                      f"{steps['fit_total']:.2f} s: fit {statistics.median(x['scipy'] / x['timings']['fit_total'] for x in runs):.0f}x; "
+                      f"{steps['fit_total']:.2f} s: fit "
+                      f"{statistics.median(x['scipy'] / x['timings']['fit_total'] for x in runs):.0f}x; "
                       f"processing {statistics.median(x['ratio_job'] for x in runs):.1f}x; end to end "
                       f"{statistics.median(x['ratio_wall'] for x in runs):.1f}x faster (median of the runs; "
                       "bar >= 30x)")

@@ -1,8 +1,9 @@
-"""``dicom-node`` command line: serve, echo, send, jobs."""
+"""``dicom-node`` command line: serve, echo, send, jobs, status, process, simulate."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -12,6 +13,7 @@ from typing import Sequence
 
 from dicom_node import __version__
 from dicom_node.config import ConfigError, check_ae_title, load_config
+from dicom_node.status import SUCCESS
 
 _ADDR_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
@@ -53,7 +55,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 
     ae, host, port = args.address
     status = echo(ae, host, port, calling_ae=args.aet, timeout_s=args.timeout)
-    if status == 0:
+    if status == SUCCESS:
         print(f"C-ECHO {ae}@{host}:{port}: success")
         return 0
     print(f"C-ECHO {ae}@{host}:{port}: " + ("no association" if status < 0 else f"status 0x{status:04X}"),
@@ -114,13 +116,13 @@ def _format_time(ts: float) -> str:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from dicom_node.node import open_index  # noqa: PLC0415
+    from dicom_node.index import index_path, open_index  # noqa: PLC0415
 
     config = load_config(args.config)
-    if not (config.storage_dir / "index.sqlite").exists():
-        print(f"no index at {config.storage_dir / 'index.sqlite'}: no jobs yet")
+    if not index_path(config.storage_dir).exists():
+        print(f"no index at {index_path(config.storage_dir)}: no jobs yet")
         return 0
-    index = open_index(config)
+    index = open_index(config.storage_dir, config.node.index_synchronous)
     try:
         if args.retry is not None:
             if index.requeue_job(args.retry):
@@ -151,99 +153,80 @@ def _floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def _process_config(args: argparse.Namespace):
+    """The node's configuration (``--config``), with the command line's ``[engine]`` overrides."""
+    import dataclasses  # noqa: PLC0415
+
+    config = load_config(args.config)
+    overrides = {key: value for key, value in (("t2_method", args.method), ("confidence", args.confidence),
+                                               ("prebolus_dose_ratio", args.prebolus_dose_ratio))
+                 if value is not None}
+    if not overrides:
+        return config
+    return config.with_overrides(engine=dataclasses.replace(config.engine, **overrides))
+
+
 def _cmd_process(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
+    from dicom_node.processing import (  # noqa: PLC0415
+        PIPELINES,
+        FolderDelivery,
+        FolderSeries,
+        Processor,
+        SeriesError,
+        SeriesKind,
+    )
 
-    from dicom_node.classify import classify  # noqa: PLC0415
-    from dicom_node.series_io import SeriesError, load_t2_series, read_headers  # noqa: PLC0415
-
-    steps = ["read", "classify", "load_model", "segment", "fit", "aha", "encode", "display", "report", "write"]
     t0 = time.monotonic()
+    steps = ["read", "classify", "load_model"]
 
     def progress(name: str) -> None:
         k = steps.index(name) + 1 if name in steps else 0
         bar = "#" * k + "." * (len(steps) - k)
-        print(f"\r[{bar}] {k}/{len(steps)} {name:<10} {time.monotonic() - t0:6.1f} s", end="", file=sys.stderr,
+        print(f"\r[{bar}] {k}/{len(steps)} {name:<18} {time.monotonic() - t0:6.1f} s", end="", file=sys.stderr,
               flush=True)
 
+    config = _process_config(args)
     progress("read")
-    try:
-        files = _dicom_files([args.dir])
-    except FileNotFoundError as exc:
-        print(f"dicom-node process: no such folder: {exc}", file=sys.stderr)
+    if not Path(args.dir).is_dir():
+        print(f"dicom-node process: no such folder: {args.dir}", file=sys.stderr)
         return 2
-    headers, paths = [], []
-    for f in files:
-        try:
-            headers.append(read_headers([f])[0])
-            paths.append(f)
-        except Exception:
-            continue
+    folder = FolderSeries.scan(Path(args.dir))
     progress("classify")
-    groups: dict[str, list[int]] = {}
-    for i, h in enumerate(headers):
-        groups.setdefault(str(h.get("SeriesInstanceUID", "")), []).append(i)
-    kinds = {uid: classify([headers[i] for i in idx]) for uid, idx in groups.items()}
-    prebolus_uids = [uid for uid, k in kinds.items() if k.kind == "prebolus"]
-    main_uids = [uid for uid, k in kinds.items() if k.kind != "prebolus"]
+    processor = Processor(config)
+    kinds = {uid: processor.classify(folder.series_headers(uid)) for uid in folder.series_uids}
+    main_uids = [uid for uid, k in kinds.items() if k.kind != SeriesKind.PREBOLUS]
     if len(main_uids) != 1:
         print(f"\ndicom-node process: the folder holds {len(main_uids)} series besides pre-bolus series; give it "
               "one (a perfusion series may come with its pre-bolus series)", file=sys.stderr)
         return 1
-    kind = kinds[main_uids[0]]
-    all_paths, paths = paths, [paths[i] for i in groups[main_uids[0]]]
-    if kind.kind not in ("t2", "perfusion"):
-        print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); T2 and perfusion series are "
-              "processed", file=sys.stderr)
+    uid = main_uids[0]
+    kind = kinds[uid]
+    if kind.kind not in PIPELINES:
+        print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); "
+              f"{' and '.join(str(k) for k in PIPELINES)} series are processed", file=sys.stderr)
         return 1
-    from dicom_node import render_worker  # noqa: PLC0415
-
-    render_worker.start()  # warms up while the series loads and the engine runs
+    steps += [*PIPELINES[kind.kind].steps, "write"]
+    delivery = FolderDelivery(Path(args.out))
+    processor.start()  # the helpers warm up while the series loads and the engine runs
     try:
-        if kind.kind == "t2":
-            from dicom_node.pipeline_t2 import process_t2  # noqa: PLC0415
-
-            outcome = process_t2(load_t2_series(paths), method=args.method, confidence=args.confidence,
-                                 progress=progress)
-        else:
-            from dicom_node.pipeline_perfusion import prebolus_series, process_perfusion  # noqa: PLC0415
-            from dicom_node.series_io import load_perfusion_series  # noqa: PLC0415
-
-            steps[3:6] = ["segment", "register", "segment_registered", "aha", "prebolus", "fit"]
-            series = load_perfusion_series(paths)
-            prebolus = None
-            if prebolus_uids:
-                pre = load_perfusion_series([all_paths[i] for i in groups[prebolus_uids[-1]]])
-                prebolus = prebolus_series(series, pre, args.prebolus_dose_ratio, "--prebolus-dose-ratio")
-                if prebolus is None:
-                    print("\ndicom-node process: the pre-bolus series' dose ratio is unknown (no contrast dose in "
-                          "the headers): give --prebolus-dose-ratio", file=sys.stderr)
-                    return 1
-            outcome = process_perfusion(series, progress=progress, prebolus=prebolus)
+        processor.process(kind.kind, uid, folder, delivery, progress)
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)
         return 1
     finally:
-        render_worker.stop()
+        processor.stop()
     progress("write")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, ds in outcome.objects.items():
-        ds.save_as(out / f"{name}.dcm", enforce_file_format=True)
-    from dicom_node.encode.display import png  # noqa: PLC0415
-
-    for name, rgb in outcome.pictures.items():
-        (out / name).write_bytes(png(rgb))
-    (out / "summary.json").write_text(json.dumps(outcome.summary, indent=2))
-    print(f"\nwrote {len(outcome.objects)} derived objects, summary.json and pictures to {out} "
+    summary = json.loads((delivery.out / "summary.json").read_text())
+    print(f"\nwrote {len(summary['derived'])} derived objects, summary.json and pictures to {delivery.out} "
           f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    g = outcome.summary["global"]
-    if kind.kind == "t2":
+    g = summary["global"]
+    if kind.kind == SeriesKind.T2:
         print(f"LV myocardium T2 {g['t2_ms']:.1f} ± {g['t2_bound_ms']:.2f} ms (SD {g['t2_sd_ms']:.1f}, "
-              f"{g['n_pixels']} px); {len(outcome.summary['segments'])} AHA segments")
+              f"{g['n_pixels']} px); {len(summary['segments'])} AHA segments")
     else:
-        print(f"LV myocardium MBF {g['mbf_ml_min_g']:.2f} ml/min/g (SD {g['mbf_sd_ml_min_g']:.2f}, {g['n_pixels']} px); "
-              + ", ".join(f"{e['aha']}: {e['mbf_ml_min_g']:.2f}" for e in outcome.summary["segments"]))
+        print(f"LV myocardium MBF {g['mbf_ml_min_g']:.2f} ml/min/g (SD {g['mbf_sd_ml_min_g']:.2f}, "
+              f"{g['n_pixels']} px); "
+              + ", ".join(f"{e['aha']}: {e['mbf_ml_min_g']:.2f}" for e in summary["segments"]))
     return 0
 
 
@@ -276,15 +259,14 @@ def _cmd_simulate_perfusion(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-
     from dicom_node.health import snapshot  # noqa: PLC0415
     from dicom_node.send import echo  # noqa: PLC0415
 
     config = load_config(args.config)
     status = snapshot(config)
     host = "127.0.0.1" if config.node.host in ("0.0.0.0", "") else config.node.host
-    status["responding"] = echo(config.node.ae_title, host, config.node.port, calling_ae="STATUS", timeout_s=5) == 0
+    answer = echo(config.node.ae_title, host, config.node.port, calling_ae="STATUS", timeout_s=5)
+    status["responding"] = answer == SUCCESS
     print(json.dumps(status, indent=2))
     return 0 if status["responding"] else 1
 
@@ -338,13 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a pre-bolus series (a tenth of the dose) of the same study to OUT/prebolus")
     pf.set_defaults(func=_cmd_simulate_perfusion)
 
-    pr = sub.add_parser("process", help="run the whole pipeline offline on a folder holding one series")
-    pr.add_argument("dir", help="folder with the DICOM instances of one series")
+    pr = sub.add_parser("process", help="run the node's processing offline on a folder holding one series")
+    pr.add_argument("dir", help="folder with the DICOM instances of one series (and, for perfusion, its pre-bolus)")
     pr.add_argument("--out", required=True, help="output folder: derived objects, summary.json, pictures")
-    pr.add_argument("--method", choices=["pinn", "nlls"], default="pinn")
-    pr.add_argument("--confidence", type=float, default=0.95)
-    pr.add_argument("--prebolus-dose-ratio", type=float, default=0.0,
-                    help="main / pre-bolus dose, when a pre-bolus series in the folder does not state its dose")
+    pr.add_argument("--config", help="the node's TOML configuration ([engine], [[classify]]); default: built-in")
+    pr.add_argument("--method", choices=["pinn", "nlls"], help="overrides [engine] t2_method")
+    pr.add_argument("--confidence", type=float, help="overrides [engine] confidence")
+    pr.add_argument("--prebolus-dose-ratio", type=float,
+                    help="overrides [engine] prebolus_dose_ratio: main / pre-bolus dose, for a pre-bolus series "
+                         "whose headers do not state its dose")
     pr.set_defaults(func=_cmd_process)
 
     st = sub.add_parser("status", help="health: responding, queue depth, failed jobs, disk space, last success")

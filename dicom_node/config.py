@@ -11,11 +11,20 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+from dicom_node.processing import SeriesKind
+from pinn_engine.perfusion import PERFUSION_METHODS
 
 
 class ConfigError(ValueError):
     """An invalid configuration; the message is a single line for the operator."""
+
+
+def _one_of(values: Iterable[str]) -> str:
+    """'a, b or c' for an error message."""
+    values = [str(v) for v in values]
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
 
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII without backslash
@@ -109,7 +118,7 @@ class EngineSection:
     t2_method: str = "pinn"  # "pinn" (default) or "nlls" (fast reference)
     confidence: float = 0.95  # of the per-pixel and per-segment bounds
     preload: bool = True  # load the network at start-up, not when the first series arrives
-    perfusion_method: str = "nlls"  # 2CXM fit: nlls, pinn-2cxm, pinn-reduced, pinn-combined
+    perfusion_method: str = "nlls"  # 2CXM fit: one of pinn_engine.perfusion.PERFUSION_METHODS
     hematocrit: float = 0.45  # MBF = Fp / (1 - Hct) / density
     myocardial_density_g_ml: float = 1.05
     saturation_delay_ms: float = 100.0  # perfusion SR delay when the headers carry none
@@ -262,7 +271,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"[series] stable_seconds must be > 0, got {series.stable_seconds}")
 
     destinations: list[Destination] = []
-    for i, d in enumerate(_table_array(raw, "destinations", Destination)):
+    for d in _table_array(raw, "destinations", Destination):
         check_ae_title(d.ae_title, f"[[destinations]] '{d.name}' ae_title")
         _check_port(d.port, f"[[destinations]] '{d.name}' port")
         if any(o.name == d.name for o in destinations):
@@ -280,9 +289,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
 
     rules = []
     for i, rule in enumerate(_table_array(raw, "classify", ClassifyRule)):
-        if rule.kind not in ("t2", "perfusion", "prebolus", "asl", "other"):
-            raise ConfigError(f"[[classify]] #{i + 1}: kind must be t2, perfusion, prebolus, asl or other, "
-                              f"got {rule.kind!r}")
+        if rule.kind not in set(SeriesKind):
+            raise ConfigError(f"[[classify]] #{i + 1}: kind must be {_one_of(SeriesKind)}, got {rule.kind!r}")
         if not (rule.series_description or rule.protocol_name or rule.sop_class_uid):
             raise ConfigError(f"[[classify]] #{i + 1}: give series_description, protocol_name or sop_class_uid")
         for pattern in (rule.series_description, rule.protocol_name):
@@ -293,13 +301,15 @@ def parse_config(raw: dict[str, Any]) -> Config:
         rules.append(rule)
 
     engine: EngineSection = sections.get("engine", EngineSection())
-    if engine.perfusion_method not in ("nlls", "pinn-2cxm", "pinn-reduced", "pinn-combined"):
-        raise ConfigError(f"[engine] perfusion_method must be nlls, pinn-2cxm, pinn-reduced or pinn-combined, "
+    if engine.perfusion_method not in PERFUSION_METHODS:
+        raise ConfigError(f"[engine] perfusion_method must be {_one_of(PERFUSION_METHODS)}, "
                           f"got {engine.perfusion_method!r}")
     if not 0.2 <= engine.hematocrit <= 0.7:
         raise ConfigError(f"[engine] hematocrit must be in 0.2-0.7, got {engine.hematocrit}")
-    if engine.t2_method not in ("pinn", "nlls"):
-        raise ConfigError(f"[engine] t2_method must be 'pinn' or 'nlls', got {engine.t2_method!r}")
+    from pinn_engine.t2 import T2_METHODS  # noqa: PLC0415  (scipy: only where a configuration is checked)
+
+    if engine.t2_method not in T2_METHODS:
+        raise ConfigError(f"[engine] t2_method must be {_one_of(T2_METHODS)}, got {engine.t2_method!r}")
     if not 0.5 < engine.confidence < 1.0:
         raise ConfigError(f"[engine] confidence must be in (0.5, 1), got {engine.confidence}")
     if engine.prebolus_dose_ratio and not 1.0 < engine.prebolus_dose_ratio <= 100.0:

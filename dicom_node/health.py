@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from dicom_node.config import Config
+from dicom_node.index import index_path, open_index
 
 
 def _time(ts: float) -> str:
@@ -22,8 +23,6 @@ def _time(ts: float) -> str:
 
 def snapshot(config: Config) -> dict:
     """Storage and job state (no network check)."""
-    from dicom_node.node import open_index  # noqa: PLC0415
-
     storage = config.storage_dir
     status: dict = {"ae_title": config.node.ae_title, "address": f"{config.node.host}:{config.node.port}",
                     "storage": str(storage.resolve())}
@@ -31,8 +30,8 @@ def snapshot(config: Config) -> dict:
         usage = shutil.disk_usage(storage)
         status["disk_free_gb"] = round(usage.free / 1e9, 2)
         status["disk_used_percent"] = round(100 * usage.used / usage.total, 1)
-    if (storage / "index.sqlite").exists():
-        index = open_index(config)
+    if index_path(storage).exists():
+        index = open_index(storage, config.node.index_synchronous)
         try:
             jobs = index.jobs()
             status["instances"] = index.count_instances()

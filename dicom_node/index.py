@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 from dicom_node.instance import InstanceInfo
 
 SCHEMA_VERSION = 1
+INDEX_FILE = "index.sqlite"  # under the storage directory
 NO_JOB = 0  # complete_series: completed, no work queued
 
 _SCHEMA = """
@@ -409,3 +410,13 @@ class Index:
     # -- queries (used by dicom_node.qr) -----------------------------------
     def query(self, sql: str, params: Iterable[Any]) -> Iterator[sqlite3.Row]:
         yield from self.reader.execute(sql, list(params))
+
+
+def index_path(storage_dir: Path) -> Path:
+    """Where the index of a node storing under ``storage_dir`` lives."""
+    return Path(storage_dir) / INDEX_FILE
+
+
+def open_index(storage_dir: Path, synchronous: str = "normal") -> Index:
+    """The index of the node storing under ``storage_dir`` (created if missing)."""
+    return Index(index_path(storage_dir), synchronous)

@@ -3,7 +3,7 @@
 Completion and the job it creates are one transaction, so a crash cannot complete a
 series without queueing its work. A later instance re-opens the series (the index does
 that on insert) and its next completion queues new work. What work a series gets is
-decided by ``job_kind_for`` (the node classifies the stored headers).
+decided by ``job_kind_for`` (the node's processing classifies the stored headers).
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from typing import Callable
 from dicom_node.config import Config
 from dicom_node.index import NO_JOB, Index
 from dicom_node.logs import log_event
+from dicom_node.processing import JobKind
 
 LOG = logging.getLogger("dicom_node.series")
 
-JOB_KIND_FORWARD = "forward"
-JOB_KIND_T2 = "t2"
-JOB_KIND_PERFUSION = "perfusion"
-
-
 class SeriesTracker:
     def __init__(self, index: Index, config: Config,
-                 job_kind_for: Callable[[str], str | None] | None = None) -> None:
+                 job_kind_for: Callable[[str], JobKind | None] | None = None) -> None:
         self.index = index
         self.config = config
         self._job_kind_for = job_kind_for
@@ -34,11 +30,11 @@ class SeriesTracker:
         self._thread: threading.Thread | None = None
         self.wakeup = threading.Event()
 
-    def job_kind_for(self, series_uid: str) -> str | None:
+    def job_kind_for(self, series_uid: str) -> JobKind | None:
         """What work a completed series gets: a job kind, or None (stored and served only)."""
         if self._job_kind_for is not None:
             return self._job_kind_for(series_uid)
-        return JOB_KIND_FORWARD
+        return JobKind.FORWARD
 
     def check_once(self, now: float | None = None) -> list[int]:
         """Complete every series idle for ``stable_seconds``; return the new job ids."""
@@ -47,7 +43,8 @@ class SeriesTracker:
         jobs = []
         for series_uid in self.index.open_series_idle_since(before):
             kind = self.job_kind_for(series_uid)
-            job_id = self.index.complete_series(series_uid, before, kind, self.config.jobs.max_attempts)
+            job_id = self.index.complete_series(series_uid, before, None if kind is None else str(kind),
+                                                 self.config.jobs.max_attempts)
             if job_id is None:  # a new instance arrived meanwhile
                 continue
             if job_id != NO_JOB:

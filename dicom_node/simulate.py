@@ -12,9 +12,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from dicom_node import __version__
 from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicom_node.synthetic import synthetic_uid
-from pinn_engine.perfusion.phantom import PerfusionPhantom, perfusion_phantom
+from pinn_engine.perfusion import PerfusionPhantom, perfusion_phantom
 from pinn_engine.phantom import Anatomy, T2Phantom, t2_phantom, with_oedema
-from pinn_engine.segmentation.orientation import display_axes
+from pinn_engine.segmentation import display_axes
 
 # Short-axis geometry in patient coordinates (LPS): the LV long axis runs base -> apex
 # towards patient left, anterior and inferior; the phantom is drawn in the anatomical display

@@ -6,8 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.classify import Rule, classify, preparation_time_ms
-from dicom_node.series_io import SeriesError, load_t2_series
+from dicom_node.processing import Rule, SeriesError, classify, load_t2_series, preparation_time_ms
 from dicom_node.simulate import simulate_t2
 from pinn_engine.aha import apex_normal
 

@@ -16,8 +16,6 @@ from dicom_node.synthetic import write_mr_series
 from tests.helpers import free_port, run, wait_for
 
 
-
-
 def jobs_cli(node, *args):
     return run([sys.executable, "-m", "dicom_node", "jobs", "--config", node.config_path, *args])
 
@@ -152,7 +150,6 @@ def test_failing_job_backoff_and_dead_letter(index_with_job):
 
 def test_status_reports_health(node_factory, tmp_path):
     import json as _json
-
     import urllib.request
 
     http_port = free_port()
@@ -222,15 +219,20 @@ def test_jobs_run_nicer_than_the_threads_receiving(index_with_job):
 def test_the_report_lane_outranks_the_drawing_lane():
     import os
 
-    from dicom_node import render_worker
+    from dicom_node.processing.step_processes import FIT_AND_DRAW, LANE_NICE, REPORT, StepProcesses
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: no helper processes, the work runs in the job")
-    render_worker.start()
+    helpers = StepProcesses()
+    helpers.start()
     try:
-        nice = [render_worker.submit(os.getpriority, os.PRIO_PROCESS, 0, lane=k)() for k in (0, 1)]
+        assert helpers.running
+        nice = [helpers.submit(os.getpriority, os.PRIO_PROCESS, 0, lane=k)() for k in (FIT_AND_DRAW, REPORT)]
+        pids = {helpers.submit(os.getpid, lane=k)() for k in (FIT_AND_DRAW, REPORT)}
     finally:
-        render_worker.stop()
+        helpers.stop()
+    assert not helpers.running
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert nice == [base + render_worker.LANE_NICE[0], base + render_worker.LANE_NICE[1]]
-    assert render_worker.LANE_NICE[0] > render_worker.LANE_NICE[1]
+    assert len(pids) == 2 and os.getpid() not in pids  # two helper processes, not the caller
+    assert nice == [base + LANE_NICE[FIT_AND_DRAW], base + LANE_NICE[REPORT]]
+    assert LANE_NICE[FIT_AND_DRAW] > LANE_NICE[REPORT]

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from dicom_node.series_io import SeriesError, load_perfusion_series
+from dicom_node.processing import SeriesError, load_perfusion_series
 from dicom_node.simulate import simulate_perfusion
 from pinn_engine.aha import assign_aha
 
@@ -17,7 +17,7 @@ HEALTHY_MBF = 1.2 / (1 - 0.45) / 1.05  # the phantom's Fp 1.2 ml/min/ml as ml/mi
 
 @pytest.fixture(scope="module")
 def perfusion(tmp_path_factory):
-    from dicom_node.pipeline_perfusion import process_perfusion
+    from dicom_node.processing import process_perfusion
 
     out = tmp_path_factory.mktemp("perfusion")
     phantom = simulate_perfusion(out / "series", seed=4, matrix=96, frames=50)
@@ -198,33 +198,38 @@ def test_process_takes_the_arterial_input_from_a_pre_bolus_series_beside_it(tmp_
 
 
 def test_the_node_pairs_a_perfusion_series_with_the_pre_bolus_of_its_study(tmp_path):
-    import dataclasses
-
     import pydicom
 
-    from dicom_node.config import Config, EngineSection, NodeSection
-    from dicom_node.node import Node
+    from dicom_node.config import Config, NodeSection
+    from dicom_node.index import open_index
+    from dicom_node.processing import JobKind, Processor, StoredSeries, find_prebolus, store_derived
+    from dicom_node.store import InstanceStore
 
     sim = tmp_path / "sim"
     simulate_perfusion(sim, seed=3, matrix=48, frames=12, prebolus=True)
-    node = Node(Config(node=NodeSection(storage=str(tmp_path / "var"))))
+    config = Config(node=NodeSection(storage=str(tmp_path / "var")))
+    index = open_index(config.storage_dir)
+    store = InstanceStore(config.storage_dir, index)
+    stored = StoredSeries(index, store)
     main_paths = sorted(sim.glob("*.dcm"))
     for path in [*main_paths, *sorted((sim / "prebolus").glob("*.dcm"))]:
-        node.store_dataset(pydicom.dcmread(path))
+        store_derived(store, pydicom.dcmread(path), "PINN_NODE")
     series = load_perfusion_series(main_paths)
     main_uid = str(series.sources[0].SeriesInstanceUID)
-    found = node._find_prebolus(main_uid, series)
+    processor = Processor(config)
+    found = find_prebolus(stored, main_uid, series, processor.rules, config.engine.prebolus_dose_ratio)
     assert found is not None and found.dose_ratio == pytest.approx(10.0)
     assert found.dose_source == "ContrastBolusVolume 7.5 / 0.75"
     assert str(found.series.sources[0].SeriesDescription).startswith("Perfusion pre-bolus")
-    assert node.job_kind_for(str(found.series.sources[0].SeriesInstanceUID)) is None  # not quantified itself
+    assert processor.job_kind(stored, main_uid) == JobKind.PERFUSION
+    assert processor.job_kind(stored, str(found.series.sources[0].SeriesInstanceUID)) is None  # not quantified
 
     # without doses in the headers: only with a configured ratio
-    for inst in node.index.instances_where("study_uid", [str(series.sources[0].StudyInstanceUID)]):
-        ds = pydicom.dcmread(node.store.abspath(inst.path))
+    for inst in index.instances_where("study_uid", [str(series.sources[0].StudyInstanceUID)]):
+        ds = pydicom.dcmread(store.abspath(inst.path))
         del ds.ContrastBolusVolume
-        node.store_dataset(ds)
-    assert node._find_prebolus(main_uid, load_perfusion_series(main_paths)) is None
-    node.config = dataclasses.replace(node.config, engine=EngineSection(prebolus_dose_ratio=8.0))
-    found = node._find_prebolus(main_uid, load_perfusion_series(main_paths))
+        store_derived(store, ds, "PINN_NODE")
+    assert find_prebolus(stored, main_uid, load_perfusion_series(main_paths), processor.rules, 0.0) is None
+    found = find_prebolus(stored, main_uid, load_perfusion_series(main_paths), processor.rules, 8.0)
     assert found is not None and (found.dose_ratio, found.dose_source) == (8.0, "[engine] prebolus_dose_ratio")
+    index.close()

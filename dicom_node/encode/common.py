@@ -82,8 +82,26 @@ def finish(ds: Dataset, source: Dataset, image: bool = True) -> Dataset:
     if image:
         ds.BodyPartExamined = "HEART"
         ds.ContentCreatorName = MANUFACTURER.replace(" ", "^")
+    _stable_dimension_organization(ds)
     copy_patient_study(source, ds)
     return ds
+
+
+def _stable_dimension_organization(ds: Dataset) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the SOP Instance UID.
+
+    Re-processing a series then writes the same object again, byte for byte but for the
+    time it was made (and the node and ``dicom-node process`` write identical objects).
+    """
+    organizations = ds.get("DimensionOrganizationSequence")
+    if not organizations:
+        return
+    renamed = {str(item.DimensionOrganizationUID): generate_uid(
+        prefix=UID_ROOT, entropy_srcs=[str(ds.SOPInstanceUID), "dimension-organization", str(k)])
+        for k, item in enumerate(organizations)}
+    for item in [*organizations, *ds.get("DimensionIndexSequence", [])]:
+        if str(item.get("DimensionOrganizationUID", "")) in renamed:
+            item.DimensionOrganizationUID = renamed[str(item.DimensionOrganizationUID)]
 
 
 # bulk that a reference to an instance never needs
@@ -140,4 +158,5 @@ def position_order(images: Sequence[Dataset]) -> list[int]:
 
     iop = np.array(images[0].ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    return sorted(range(len(images)), key=lambda i: float(np.array(images[i].ImagePositionPatient, dtype=float) @ normal))
+    return sorted(range(len(images)),
+                  key=lambda i: float(np.array(images[i].ImagePositionPatient, dtype=float) @ normal))

@@ -8,9 +8,9 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import SegmentationStorage
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.uid import SegmentationStorage
 
 from dicom_node.encode.common import (
     HEART,
@@ -22,6 +22,7 @@ from dicom_node.encode.common import (
     position_order,
     reference,
 )
+from pinn_engine.segmentation import Label
 
 # CID 3717 "Left Ventricle Myocardial Wall 17 Segment Model" (SCT)
 AHA_CODES = {
@@ -96,9 +97,9 @@ def encode_segmentation(
     present = sorted(int(s) for s in np.unique(aha) if s)
     parts = structures(present)
     masks = np.zeros((*labels.shape, len(parts)), dtype=bool)
-    masks[..., 0] = labels == 2
-    masks[..., 1] = labels == 1
-    masks[..., 2] = labels == 3
+    masks[..., 0] = labels == Label.MYOCARDIUM
+    masks[..., 1] = labels == Label.LV_BLOOD_POOL
+    masks[..., 2] = labels == Label.RV_BLOOD_POOL
     for i, seg in enumerate(present):
         masks[..., 3 + i] = aha == seg
     series_uid = sources[0].SeriesInstanceUID

@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_node.encode import DERIVED_SUFFIX
+from dicom_node.processing.kinds import SeriesKind
 from pinn_engine.aha import apex_normal
 
 MR_STORAGE = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1"}
@@ -37,7 +39,7 @@ _PREBOLUS_RE = re.compile(r"(?<![a-z])(pre[-_ ]?bolus|low[-_ ]?dose|test[-_ ]?bo
 
 @dataclass(frozen=True)
 class Rule:
-    kind: str  # t2 | perfusion | prebolus | asl | other
+    kind: SeriesKind
     series_description: str | None = None  # regular expressions
     protocol_name: str | None = None
     sop_class_uid: str | None = None
@@ -55,8 +57,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Classification:
-    kind: str
-    reason: str
+    kind: SeriesKind
+    reason: str  # which fields decided, for the log
 
 
 def preparation_time_ms(ds: Dataset) -> float | None:
@@ -84,32 +86,39 @@ def slice_key(ds: Dataset) -> float | None:
     return round(float(ipp @ normal), 1)
 
 
+def is_own_result(headers: Sequence[Dataset]) -> bool:
+    """Whether the series holds the node's own derived objects (already routed by their job)."""
+    return bool(headers) and all(str(h.get("SeriesDescription", "")).endswith(DERIVED_SUFFIX) for h in headers)
+
+
 def classify(headers: Sequence[Dataset], rules: Iterable[Rule] = ()) -> Classification:
+    """The kind of the series whose instances' ``headers`` are given (rules: module docstring)."""
     if not headers:
-        return Classification("other", "empty series")
+        return Classification(SeriesKind.OTHER, "empty series")
     first = headers[0]
     for rule in rules:
         if rule.matches(first):
-            return Classification(rule.kind, "configured rule")
+            return Classification(SeriesKind(rule.kind), "configured rule")
     if first.get("Modality") != "MR" or str(first.get("SOPClassUID")) not in MR_STORAGE:
-        return Classification("other", f"not an MR image series ({first.get('Modality')}, {first.get('SOPClassUID')})")
+        return Classification(SeriesKind.OTHER,
+                              f"not an MR image series ({first.get('Modality')}, {first.get('SOPClassUID')})")
     image_type = [str(v).upper() for v in first.get("ImageType", [])]
     if image_type and image_type[0] == "DERIVED":
-        return Classification("other", "derived images")
+        return Classification(SeriesKind.OTHER, "derived images")
     text = " ".join(str(first.get(k, "")) for k in ("SeriesDescription", "ProtocolName"))
     if any("ASL" in v for v in image_type) or _ASL_RE.search(text):
-        return Classification("asl", "ASL in Image Type or description")
+        return Classification(SeriesKind.ASL, "ASL in Image Type or description")
     by_position: dict[float | None, list[Dataset]] = defaultdict(list)
     for ds in headers:
         by_position[slice_key(ds)].append(ds)
     if None in by_position:
-        return Classification("other", "images without geometry")
+        return Classification(SeriesKind.OTHER, "images without geometry")
     prep_sets = {pos: sorted({t for t in (preparation_time_ms(d) for d in group) if t is not None})
                  for pos, group in by_position.items()}
     sets = {tuple(v) for v in prep_sets.values()}
     if len(sets) == 1 and len(next(iter(sets))) >= 3:
         n = len(next(iter(sets)))
-        return Classification("t2", f"{len(by_position)} slice positions x {n} preparation times")
+        return Classification(SeriesKind.T2, f"{len(by_position)} slice positions x {n} preparation times")
     per_pos = [len(g) for g in by_position.values()]
     echo_times = {str(d.get("EchoTime", "")) for d in headers}
     temporal = {str(d.get(k, "")) for d in headers for k in ("TriggerTime", "AcquisitionTime",
@@ -117,6 +126,6 @@ def classify(headers: Sequence[Dataset], rules: Iterable[Rule] = ()) -> Classifi
     if min(per_pos) >= 10 and len(echo_times) == 1 and len(temporal) > 2:
         what = f"{len(by_position)} slice positions x {min(per_pos)} dynamics"
         if _PREBOLUS_RE.search(text):
-            return Classification("prebolus", f"{what}, pre-bolus in the description")
-        return Classification("perfusion", what)
-    return Classification("other", "neither multi-echo T2 preparation nor a dynamic series")
+            return Classification(SeriesKind.PREBOLUS, f"{what}, pre-bolus in the description")
+        return Classification(SeriesKind.PERFUSION, what)
+    return Classification(SeriesKind.OTHER, "neither multi-echo T2 preparation nor a dynamic series")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.classify import preparation_time_ms, slice_key
+from dicom_node.processing.classification import preparation_time_ms, slice_key
 from pinn_engine.aha import SliceGeometry
 
 
@@ -52,7 +51,8 @@ def _read_consistent(paths: Sequence[Path]) -> list[Dataset]:
 
 
 def _geometry(sources: Sequence[Dataset]) -> list[SliceGeometry]:
-    return [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+    return [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float),
+                          np.array(d.ImageOrientationPatient[3:], float),
                           (float(d.PixelSpacing[0]), float(d.PixelSpacing[1])), np.array(d.ImagePositionPatient, float))
             for d in sources]
 
@@ -141,7 +141,8 @@ def _frame_times_s(group: list[Dataset]) -> tuple[np.ndarray, str]:
             return tt, "trigger time (cumulative)"
     except (TypeError, ValueError):
         pass
-    rr = group[0].get("NominalInterval") or (60000.0 / float(group[0].HeartRate) if group[0].get("HeartRate") else 1000.0)
+    heart_rate = group[0].get("HeartRate")
+    rr = group[0].get("NominalInterval") or (60000.0 / float(heart_rate) if heart_rate else 1000.0)
     return np.arange(len(group)) * float(rr) / 1000.0, "R-R interval (no usable time stamps)"
 
 

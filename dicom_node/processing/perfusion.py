@@ -1,12 +1,11 @@
 """The perfusion job: dynamics -> motion correction -> segmentation -> AIF, 2CXM fit -> AHA -> objects.
 
-Used by the node's job worker and by ``dicom-node process``. Steps are timed and logged;
+Run through ``Processor.process`` by the node's job worker and by ``dicom-node process``. Steps are timed and logged;
 a series the engine cannot process raises SeriesError with the reason (the job records it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -14,10 +13,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from dicom_node import __version__
-from dicom_node.classify import slice_key
-from dicom_node.encode.common import Algorithm
-from dicom_node.encode.display import Picture
-from dicom_node.encode.parametric_map import (
+from dicom_node.encode import (
     FLOW_PER_ML,
     FRACTION,
     MBF_CODE,
@@ -25,61 +21,28 @@ from dicom_node.encode.parametric_map import (
     PS_CODE,
     VE_CODE,
     VP_CODE,
+    Algorithm,
+    Picture,
+    RegionResult,
+    ReportContext,
     encode_parametric_map,
+    encode_segmentation,
     kinetic_map_spec,
     mbf_map_spec,
     parametric_map_reference,
+    segmentation_reference,
 )
-from dicom_node.encode.report import RegionResult, ReportContext
-from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
-from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
-from dicom_node.series_io import PerfusionSeries, SeriesError
+from dicom_node.processing.classification import slice_key
+from dicom_node.processing.load import PerfusionSeries, SeriesError
+from dicom_node.processing.prebolus import PreBolusSeries
+from dicom_node.processing.step_processes import IN_CALLER, StepProcesses
+from dicom_node.processing.steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from pinn_engine.aha import assign_aha
-from pinn_engine.perfusion.prebolus import PreBolus
-from pinn_engine.perfusion.quantify import PerfusionSettings, aif_slice, quantify
-from pinn_engine.perfusion.registration import register_dynamics
+from pinn_engine.perfusion import PerfusionSettings, PreBolus, aif_slice, quantify_perfusion, register_dynamics
+from pinn_engine.segmentation import Label
 
 SERIES_NUMBERS = {"mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206, "sc": 9207, "pdf": 9208}
 Z95 = 1.959964  # the reported +/- is the 95 % interval of the fit (delta method)
-
-
-@dataclass(frozen=True)
-class PreBolusSeries:
-    """A pre-bolus series of the same study, for the arterial input (see pinn_engine.perfusion.prebolus)."""
-
-    series: PerfusionSeries
-    dose_ratio: float  # main / pre-bolus contrast dose
-    dose_source: str  # where the ratio came from (headers, configuration)
-
-
-def contrast_dose(ds: Dataset) -> tuple[str, float] | None:
-    """(keyword, value) of the contrast dose the headers state, if any."""
-    for keyword in ("ContrastBolusTotalDose", "ContrastBolusVolume"):
-        try:
-            value = float(ds.get(keyword, "") or 0)
-        except (TypeError, ValueError):
-            continue
-        if value > 0:
-            return keyword, value
-    return None
-
-
-def header_dose_ratio(main: Dataset, pre: Dataset) -> tuple[float, str] | None:
-    """Main / pre-bolus dose from the same dose attribute in both series, if they carry one."""
-    a, b = contrast_dose(main), contrast_dose(pre)
-    if a is None or b is None or a[0] != b[0]:
-        return None
-    return a[1] / b[1], f"{a[0]} {a[1]:g} / {b[1]:g}"
-
-
-def prebolus_series(series: PerfusionSeries, pre: PerfusionSeries, fallback_ratio: float,
-                    fallback_source: str) -> PreBolusSeries | None:
-    """``pre`` as the pre-bolus of ``series``, its dose ratio from the headers or else
-    ``fallback_ratio`` (0: none given); None when neither says it."""
-    from_headers = header_dose_ratio(series.sources[0], pre.sources[0])
-    if from_headers is not None:
-        return PreBolusSeries(pre, *from_headers)
-    return PreBolusSeries(pre, fallback_ratio, fallback_source) if fallback_ratio else None
 
 
 def _aligned_prebolus(pre: PreBolusSeries, series: PerfusionSeries, registered: np.ndarray,
@@ -114,15 +77,15 @@ def _aligned_prebolus(pre: PreBolusSeries, series: PerfusionSeries, registered: 
 
 
 def _heart_roi(labels: np.ndarray, margin: int) -> tuple[int, int, int, int]:
-    r, c = np.nonzero(labels > 0)
+    r, c = np.nonzero(labels != Label.BACKGROUND)
     h, w = labels.shape
     return max(int(r.min()) - margin, 0), min(int(r.max()) + margin + 1, h), max(int(c.min()) - margin, 0), min(
         int(c.max()) + margin + 1, w)
 
 
-def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = PerfusionSettings(), segmenter=None,
+def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | None = None, segmenter=None,
                       progress: Callable[[str], None] | None = None, deliver: Deliver | None = None,
-                      prebolus: PreBolusSeries | None = None) -> Outcome:
+                      prebolus: PreBolusSeries | None = None, helpers: StepProcesses = IN_CALLER) -> Outcome:
     """Run the whole perfusion chain on a loaded series (``deliver``: as for ``process_t2``).
 
     ``prebolus``: a pre-bolus series of the same study; the arterial input comes from it
@@ -130,9 +93,10 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     """
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings = timed.timings
+    settings = settings if settings is not None else PerfusionSettings()
 
     if segmenter is None:
-        from pinn_engine.segmentation.infer import Segmenter  # noqa: PLC0415
+        from pinn_engine.segmentation import Segmenter  # noqa: PLC0415
 
         segmenter = timed("load_model", Segmenter)
     images = series.images
@@ -143,7 +107,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
         return segmenter(stack.max(1)[:, None], spacing, orientation=series.geometry[0].orientation)
 
     first = timed("segment", segment, images)
-    if not (first.labels == 2).any():
+    if not (first.labels == Label.MYOCARDIUM).any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
 
     def register() -> tuple[np.ndarray, float]:
@@ -163,14 +127,14 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
     pre, pre_problem = timed("prebolus", _aligned_prebolus, prebolus, series, registered, labels) if prebolus else (
         None, "")
     try:
-        result = timed("fit", quantify, registered, series.t_min, labels, aha.labels, settings,
+        result = timed("fit", quantify_perfusion, registered, series.t_min, labels, aha.labels, settings,
                        series.saturation_delay_ms, pre)
     except ValueError as exc:
         raise SeriesError(str(exc)) from exc
     if not result.segments:
         raise SeriesError("no AHA segment could be measured (no insertion points)")
 
-    myo = labels == 2
+    myo = labels == Label.MYOCARDIUM
     px_area = spacing[0] * spacing[1]
     flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
     flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl] + list(result.flags)
@@ -218,14 +182,15 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
                                                                "hct": settings.hct})
     sources = series.sources
     objects: dict[str, Dataset] = {}
-    heart = ndimage.binary_dilation(labels > 0, iterations=2)
+    heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
     picture = Picture(registered.max(1), np.nan_to_num(mbf), myo & np.isfinite(mbf) & heart, "MBF", "ml/min/g",
                       (0.0, 4.0), regions, f"pinn-node-perfusion {__version__} ({settings.method}, 2CXM "
                       f"{settings.model}); bound 95% of the fit; Hct {settings.hct:g}", 0.95)
     # the report first (the slowest object to build), from the identities of what it references
     seg_ref, tracking = segmentation_reference(sources, aha.labels, algorithm)
-    report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, mbf_map_spec(), algorithm),
-                           regions, ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
+    report = submit_report(helpers, sources, seg_ref, tracking,
+                           parametric_map_reference(sources, mbf_map_spec(), algorithm), regions,
+                           ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
                            timings=timings)
 
     def encode() -> None:
@@ -238,7 +203,8 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings = Per
 
     copies = DisplayCopies("MBF", SERIES_NUMBERS["sc"], SERIES_NUMBERS["pdf"],
                            "Myocardial perfusion report (research use)", "mbf_display.png")
-    pictures = encode_and_deliver(timed, objects, encode, picture, report, sources[0], algorithm, copies, deliver)
+    pictures = encode_and_deliver(helpers, timed, objects, encode, picture, report, sources[0], algorithm, copies,
+                                  deliver)
     summary = {
         "kind": "perfusion",
         "segments": summary_segments,

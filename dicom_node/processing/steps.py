@@ -10,13 +10,24 @@ from typing import Callable, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node import render_worker
-from dicom_node.encode.common import Algorithm, dataset_bytes, dataset_from_bytes, header_only
-from dicom_node.encode.display import Picture, draw, encode_pdf, encode_secondary_capture, raster_pdf
-from dicom_node.encode.report import RegionResult, ReportContext, encode_report
+from dicom_node.encode import (
+    Algorithm,
+    Picture,
+    RegionResult,
+    ReportContext,
+    dataset_bytes,
+    dataset_from_bytes,
+    draw,
+    encode_pdf,
+    encode_report,
+    encode_secondary_capture,
+    header_only,
+    raster_pdf,
+)
 from dicom_node.logs import log_event
+from dicom_node.processing.step_processes import REPORT, StepProcesses
 
-LOG = logging.getLogger("dicom_node.pipeline")
+LOG = logging.getLogger("dicom_node.processing")
 
 # receives derived objects (kind -> dataset) that are final, to store and send them early
 Deliver = Callable[[dict[str, Dataset]], None]
@@ -47,9 +58,10 @@ class Steps:
         return out
 
 
-def submit_report(sources: Sequence[Dataset], seg: Dataset, tracking: dict[str, int], value_map: Dataset,
-                  regions: Sequence[RegionResult], ctx: ReportContext, algorithm: Algorithm, series_number: int,
-                  evidence: Sequence[Dataset] = (), timings: dict | None = None) -> Callable[[], Dataset]:
+def submit_report(helpers: StepProcesses, sources: Sequence[Dataset], seg: Dataset, tracking: dict[str, int],
+                  value_map: Dataset, regions: Sequence[RegionResult], ctx: ReportContext, algorithm: Algorithm,
+                  series_number: int, evidence: Sequence[Dataset] = (),
+                  timings: dict | None = None) -> Callable[[], Dataset]:
     """Build the TID 1500 report in a helper process; returns a function giving the SR.
 
     ``timings`` receives "report_build", the seconds the helper spent on it.
@@ -59,9 +71,9 @@ def submit_report(sources: Sequence[Dataset], seg: Dataset, tracking: dict[str, 
     to the helper without their pixels, and the SR comes back encoded.
     """
     timings = {} if timings is None else timings
-    encoded = render_worker.submit(
+    encoded = helpers.submit(
         _encoded_report, [header_only(d) for d in sources], header_only(seg), tracking, header_only(value_map),
-        list(regions), ctx, algorithm, series_number, [header_only(d) for d in evidence], lane=1,
+        list(regions), ctx, algorithm, series_number, [header_only(d) for d in evidence], lane=REPORT,
     )
 
     def report() -> Dataset:
@@ -87,16 +99,16 @@ class DisplayCopies:
     png_name: str  # the picture's name among the outcome's pictures
 
 
-def encode_and_deliver(timed: Steps, objects: dict[str, Dataset], encode: Callable[[], None], picture: Picture,
-                       report: Callable[[], Dataset], source: Dataset, algorithm: Algorithm, copies: DisplayCopies,
-                       deliver: Deliver | None) -> dict[str, np.ndarray]:
+def encode_and_deliver(helpers: StepProcesses, timed: Steps, objects: dict[str, Dataset],
+                       encode: Callable[[], None], picture: Picture, report: Callable[[], Dataset], source: Dataset,
+                       algorithm: Algorithm, copies: DisplayCopies, deliver: Deliver | None) -> dict[str, np.ndarray]:
     """Make the remaining derived objects in the order that keeps both cores busy; return the pictures.
 
     With the report already building in one helper (``submit_report``), the picture is drawn
     in the other while ``encode`` makes the maps and SEG, which go to ``deliver`` at once;
     then the display copies (delivered too), and last the report.
     """
-    drawn = render_worker.submit(draw, picture)
+    drawn = helpers.submit(draw, picture)
     timed("encode", encode)
     if deliver is not None:  # stored and sent while the helpers draw and build the report
         timed("deliver_early", deliver, dict(objects))

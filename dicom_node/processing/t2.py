@@ -1,6 +1,6 @@
 """The T2 job: series -> segmentation -> T2 fit with bounds -> AHA statistics -> derived objects.
 
-Used by the node's job worker and by ``dicom-node process``. Each step is timed and
+Run through ``Processor.process`` by the node's job worker and by ``dicom-node process``. Each step is timed and
 logged; a series the engine cannot process raises with the reason (the job records it).
 """
 
@@ -13,40 +13,45 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from dicom_node import __version__, render_worker
-from dicom_node.encode.common import Algorithm
-from dicom_node.encode.display import Picture
-from dicom_node.encode.parametric_map import (
+from dicom_node import __version__
+from dicom_node.encode import (
     T2_CODE,
     T2_UNIT,
+    Algorithm,
+    Picture,
+    RegionResult,
+    ReportContext,
     encode_parametric_map,
+    encode_segmentation,
     parametric_map_reference,
+    segmentation_reference,
     t2_bound_spec,
     t2_map_spec,
 )
-from dicom_node.encode.report import RegionResult, ReportContext
-from dicom_node.encode.segmentation import encode_segmentation, segmentation_reference
-from dicom_node.pipeline_steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
-from dicom_node.series_io import SeriesError, T2Series
+from dicom_node.processing.load import SeriesError, T2Series
+from dicom_node.processing.step_processes import FIT_AND_DRAW, IN_CALLER, StepProcesses
+from dicom_node.processing.steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
 from pinn_engine.aha import assign_aha
-from pinn_engine.t2 import Flag, fit_t2, merge_fits, region_statistics
-from pinn_engine.t2.flags import EXCLUDE
+from pinn_engine.segmentation import Label
+from pinn_engine.t2 import EXCLUDE, Flag, fit_t2, merge_fits, region_statistics
 
 SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
 
 
 def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
-               progress: Callable[[str], None] | None = None, deliver: Deliver | None = None) -> Outcome:
+               progress: Callable[[str], None] | None = None, deliver: Deliver | None = None,
+               helpers: StepProcesses = IN_CALLER) -> Outcome:
     """Run the whole T2 chain on a loaded series.
 
     ``deliver``, if given, receives derived objects as soon as they exist (maps and SEG, then
     the display copies) while the report is still being built; the outcome lists all objects.
+    ``helpers`` run the whole-image fit, the drawing and the SR beside this thread.
     """
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings = timed.timings
 
     if segmenter is None:
-        from pinn_engine.segmentation.infer import Segmenter
+        from pinn_engine.segmentation import Segmenter  # noqa: PLC0415
 
         segmenter = timed("load_model", Segmenter)
     # NLLS: the report and the picture need only the myocardium's values, and the report is
@@ -56,15 +61,16 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     # trains on the whole image with torch's threads, here.
     whole = None
     if method == "nlls":
-        whole = render_worker.submit(partial(fit_t2, method=method, confidence=confidence), series.images,
-                                     series.te_ms, lane=0)
+        whole = helpers.submit(partial(fit_t2, method=method, confidence=confidence), series.images,
+                               series.te_ms, lane=FIT_AND_DRAW)
     seg = timed("segment", segmenter, series.images, series.pixel_spacing_mm,
                 threads=1 if whole is not None else None, orientation=series.geometry[0].orientation)
     labels = seg.labels
-    if not (labels == 2).any():
+    myocardium = labels == Label.MYOCARDIUM
+    if not myocardium.any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
     fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence,
-                within=labels == 2 if whole is not None else None)
+                within=myocardium if whole is not None else None)
     aha = timed("aha", assign_aha, labels, series.geometry)
     usable = (fit.flags & int(EXCLUDE)) == 0
     measured = np.where(usable, aha.labels, 0).astype(np.uint8)
@@ -99,15 +105,16 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     objects: dict[str, Dataset] = {}
 
     anatomy = series.images[:, 0]
-    heart = ndimage.binary_dilation(labels > 0, iterations=2)
-    picture = Picture(anatomy, fit.t2_ms, (labels == 2) & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
+    heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
+    picture = Picture(anatomy, fit.t2_ms, myocardium & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
                       f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
                       f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
     # the report is the slowest object to build: it starts first, in a helper, from the
     # identities of the map and SEG it references; the picture is drawn in the other helper
     seg_ref, tracking = segmentation_reference(sources, measured, algorithm)
-    report = submit_report(sources, seg_ref, tracking, parametric_map_reference(sources, t2_map_spec(), algorithm),
-                           regions, ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
+    report = submit_report(helpers, sources, seg_ref, tracking,
+                           parametric_map_reference(sources, t2_map_spec(), algorithm), regions,
+                           ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
                            SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
 
     full = fit  # the fit the maps show: the whole image's, once the helper has it
@@ -124,8 +131,9 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
 
     copies = DisplayCopies("T2", SERIES_NUMBERS["sc"], SERIES_NUMBERS["pdf"], "T2 mapping report (research use)",
                            "t2_display.png")
-    pictures = encode_and_deliver(timed, objects, encode, picture, report, sources[0], algorithm, copies, deliver)
-    flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[labels == 2].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
+    pictures = encode_and_deliver(helpers, timed, objects, encode, picture, report, sources[0], algorithm, copies,
+                                  deliver)
+    flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[myocardium].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
     summary = {
         "kind": "t2",
         "segments": summary_segments,
@@ -145,7 +153,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     return Outcome(objects, summary, pictures)
 
 
-def warm_up(segmenter, method: str = "nlls") -> None:
+def warm_up(segmenter, helpers: StepProcesses = IN_CALLER, method: str = "nlls") -> None:
     """Run the chain once on a small simulated series, results discarded.
 
     The first call of each encoder (highdicom's and pydicom's lazily built tables) and of
@@ -155,9 +163,10 @@ def warm_up(segmenter, method: str = "nlls") -> None:
     import tempfile  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from dicom_node.series_io import load_t2_series  # noqa: PLC0415
+    from dicom_node.processing.load import load_t2_series  # noqa: PLC0415
     from dicom_node.simulate import simulate_t2  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="pinn-node-warm-up-") as tmp:
         simulate_t2(Path(tmp), seed=0, matrix=96, slices=2)
-        process_t2(load_t2_series(sorted(Path(tmp).glob("*.dcm"))), method=method, segmenter=segmenter)
+        process_t2(load_t2_series(sorted(Path(tmp).glob("*.dcm"))), method=method, segmenter=segmenter,
+                   helpers=helpers)

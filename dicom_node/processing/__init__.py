@@ -1,0 +1,56 @@
+"""Everything between "series complete" and "results handed to the sender".
+
+In the order data flows:
+
+- ``kinds``: ``SeriesKind`` (what a series is) and ``JobKind`` (what work it gets);
+- ``classification``: a series' kind from its headers, with the configured ``[[classify]]`` rules;
+- ``sources``: where a job's files come from (the node's store, or a folder);
+- ``load``: a series' files -> arrays and geometry (``T2Series``, ``PerfusionSeries``);
+- ``prebolus``: pairing a perfusion series with its study's pre-bolus series;
+- ``t2``, ``perfusion``: the pipelines; ``steps``: what they share (timed steps, the
+  outcome, encoding in the order that keeps both cores busy);
+- ``step_processes``: the helper processes that run the whole-image fit, the drawing and
+  the SR beside the job;
+- ``delivery``: derived objects stored (Q/R serves them), the results folder, sending;
+- ``processor``: ``Processor`` (classification, the handler per series kind, ``process``)
+  and the node's ``job_handlers``.
+
+Names are imported on first use (PEP 562): the pipelines pull in the engine and the
+encoders, which a process that only classifies or stores does not need.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SeriesKind": "kinds", "JobKind": "kinds", "QUANTIFIED": "kinds",
+    "Classification": "classification", "Rule": "classification", "classify": "classification",
+    "is_own_result": "classification",
+    "preparation_time_ms": "classification", "slice_key": "classification",
+    "SeriesSource": "sources", "StoredSeries": "sources", "FolderSeries": "sources",
+    "SeriesError": "load", "T2Series": "load", "PerfusionSeries": "load", "read_headers": "load",
+    "load_t2_series": "load", "load_perfusion_series": "load", "frame_time_s": "load",
+    "PreBolusSeries": "prebolus", "find_prebolus": "prebolus", "pair_prebolus": "prebolus",
+    "process_t2": "t2", "process_perfusion": "perfusion", "Outcome": "steps",
+    "StepProcesses": "step_processes",
+    "Delivery": "delivery", "NodeDelivery": "delivery", "FolderDelivery": "delivery", "Destinations": "delivery",
+    "store_derived": "delivery",
+    "Processor": "processor", "PIPELINES": "processor", "job_handlers": "processor", "configured_rules": "processor",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
