@@ -46,7 +46,6 @@ from pydicom.uid import (  # noqa: E402
     ImplicitVRLittleEndian,
     MRImageStorage,
 )
-
 from pydicom.valuerep import VR  # noqa: E402
 
 from tests.helpers import NodeProcess  # noqa: E402

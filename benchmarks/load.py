@@ -39,7 +39,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
         result = run_load(Path(tmp), args.associations, args.instances)
     print(result.report())
-    per = ", ".join(f"{n / t:.1f}" for n, t in zip(result.acknowledged, result.assoc_seconds) if t)
+    per = ", ".join(f"{n / t:.1f}" for n, t in zip(result.acknowledged, result.assoc_seconds, strict=True) if t)
     print(f"  per association (instances/s): {per}")
     ok = (sum(result.acknowledged) == result.total and sum(result.stored_per_series) == result.total
           and result.job_state == "done")

@@ -45,7 +45,8 @@ def main() -> int:
                 outcomes.append(o)
                 print(f"  {fault:10s} #{o.trial:3d} kill {o.kill_at:28s} sent {o.sent:3d} acked {o.acknowledged:3d} "
                       f"present {o.present:3d} | results {o.delivered}/{o.expected_results} deliveries "
-                      f"{o.deliveries} (before kill {o.before_kill}) {'ok' if o.ok else 'FAIL ' + '; '.join(o.problems)}"
+                      f"{o.deliveries} (before kill {o.before_kill}) "
+                      f"{'ok' if o.ok else 'FAIL ' + '; '.join(o.problems)}"
                       f" [{time.monotonic() - t0:.1f} s]", flush=True)
             table[fault] = outcomes
         print()

@@ -169,7 +169,8 @@ def main() -> int:
           f"{scipy_rate:,.0f} px/s ({n_sub} px); ratio {ours_rate / scipy_rate:,.0f}x")
     q_time, note = qmrpy_fit(sub)
     if np.isfinite(q_time):
-        print(f"qmrpy T2Mono.fit_image: {n_sub / q_time:,.0f} px/s; VarPro-GN is {ours_rate / (n_sub / q_time):,.0f}x faster")
+        print(f"qmrpy T2Mono.fit_image: {n_sub / q_time:,.0f} px/s; "
+              f"VarPro-GN is {ours_rate / (n_sub / q_time):,.0f}x faster")
     else:
         print(note)
     print(f"series with bounds vs scipy per-pixel on the same pixels: "

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from dicom_node import __version__
+
 
 # Deterministic UIDs for synthetic objects use pydicom's own root with entropy sources.
 def synthetic_uid(*parts: Any) -> UID:

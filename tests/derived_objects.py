@@ -18,7 +18,8 @@ def report_inputs(series, tmp_path):
 
     first, truth = series
     labels, t2 = truth["labels"], truth["t2_ms"].astype(np.float64)
-    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float),
+                          np.array(d.ImageOrientationPatient[3:], float),
                           tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
     aha = assign_aha(labels, geom)
     pm = encode_parametric_map(first, t2, t2_map_spec(), ALG, 900)

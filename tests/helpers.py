@@ -202,7 +202,8 @@ class StoreSCPProcess:
                 for p in self.dir.iterdir() if p.is_file()}
 
     def destination_toml(self, name: str = "pacs") -> str:
-        return f'[[destinations]]\nname = "{name}"\nae_title = "{self.ae_title}"\nhost = "127.0.0.1"\nport = {self.port}\n'
+        return (f'[[destinations]]\nname = "{name}"\nae_title = "{self.ae_title}"\n'
+                f'host = "127.0.0.1"\nport = {self.port}\n')
 
 
 def acknowledged_files(storescu_output: str) -> list[str]:

@@ -10,7 +10,8 @@ from dicom_node.config import Config, ConfigError, load_config, parse_config
 
 def test_embedded_default():
     cfg = load_config(None)
-    assert (cfg.node.ae_title, cfg.node.host, cfg.node.port, cfg.node.storage) == ("PINN_NODE", "127.0.0.1", 11112, "var")
+    assert (cfg.node.ae_title, cfg.node.host, cfg.node.port, cfg.node.storage) == (
+        "PINN_NODE", "127.0.0.1", 11112, "var")
     assert cfg == Config()
 
 

@@ -15,7 +15,9 @@ from dicom_node.encode.parametric_map import encode_parametric_map, t2_bound_spe
 from dicom_node.encode.segmentation import AHA_CODES, encode_segmentation
 from dicom_node.simulate import simulate_t2
 from pinn_engine.aha import SliceGeometry, assign_aha
-from tests.derived_objects import ALG, all_objects as _all_objects, report_inputs as _report_inputs
+from tests.derived_objects import ALG
+from tests.derived_objects import all_objects as _all_objects
+from tests.derived_objects import report_inputs as _report_inputs
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +71,7 @@ def test_parametric_map_valid_and_round_trips(series, tmp_path, spec):
     assert rwvm.LUTLabel == spec.lut_label and rwvm.MeasurementUnitsCodeSequence[0].CodeValue == "ms"
     assert back.SharedFunctionalGroupsSequence[0].FrameAnatomySequence[0].FrameLaterality == "U"
     expected = np.where(np.isfinite(values), values, 0).astype(np.float32)
-    for frame, k in zip(frames(back), frame_slices(back, first)):
+    for frame, k in zip(frames(back), frame_slices(back, first), strict=True):
         np.testing.assert_array_equal(frame, expected[k])
     assert back.StudyInstanceUID == first[0].StudyInstanceUID and back.PatientID == first[0].PatientID
 
@@ -87,7 +89,8 @@ def test_uids_are_deterministic_and_versioned(series):
 def test_segmentation_valid_with_aha_segments(series, tmp_path):
     first, truth = series
     labels = truth["labels"]
-    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float),
+                          np.array(d.ImageOrientationPatient[3:], float),
                           tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
     aha = assign_aha(labels, geom)
     seg, tracking = encode_segmentation(first, labels, aha.labels, Algorithm("pinn-seg"), 901)
@@ -103,7 +106,8 @@ def test_segmentation_valid_with_aha_segments(series, tmp_path):
     for s in segs.values():
         assert s.SegmentAlgorithmType == "AUTOMATIC" and "RecommendedDisplayCIELabValue" in s
     # frames: each (segment, slice) mask equals the input
-    for frame, k, group in zip(frames(back), frame_slices(back, first), back.PerFrameFunctionalGroupsSequence):
+    for frame, k, group in zip(frames(back), frame_slices(back, first), back.PerFrameFunctionalGroupsSequence,
+                               strict=True):
         number = group.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         expected = {1: labels[k] == 2, 2: labels[k] == 1, 3: labels[k] == 3}.get(number)
         if expected is None:
@@ -142,7 +146,8 @@ def test_dcmqi_reads_every_object_and_sr_means_equal_pm_over_seg(series, tmp_pat
     (tmp_path / "pm_out").mkdir()
     (tmp_path / "seg_out").mkdir()
     run = lambda *a: subprocess.run([str(x) for x in a], capture_output=True, text=True, timeout=120)  # noqa: E731
-    r = run(tool("paramap2itkimage"), "--inputDICOM", paths["pm"], "--outputDirectory", tmp_path / "pm_out", "-t", "nrrd")
+    r = run(tool("paramap2itkimage"), "--inputDICOM", paths["pm"], "--outputDirectory", tmp_path / "pm_out",
+            "-t", "nrrd")
     assert r.returncode == 0, r.stdout + r.stderr
     r = run(tool("segimage2itkimage"), "--inputDICOM", paths["seg"], "--outputDirectory", tmp_path / "seg_out",
             "-t", "nrrd")
@@ -160,7 +165,8 @@ def test_dcmqi_reads_every_object_and_sr_means_equal_pm_over_seg(series, tmp_pat
         number = int(group["ReferencedSegment"])
         seg_img = sitk.ReadImage(str(tmp_path / "seg_out" / f"{number}.nrrd"))
         mask = sitk.GetArrayFromImage(sitk.Resample(seg_img, pm_img, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
-        mean_item = next(m for m in group["measurementItems"] if m.get("derivationModifier", {}).get("CodeValue") == "373098007")
+        mean_item = next(m for m in group["measurementItems"]
+                         if m.get("derivationModifier", {}).get("CodeValue") == "373098007")
         assert abs(float(mean_item["value"]) - float(pm_values[mask].mean())) < 0.01
         prop = mean_item["measurementNumProperties"][0]
         assert prop["numProperty"]["CodeValue"] == "371884006" and prop["numPropertyUnits"]["CodeValue"] == "ms"
@@ -193,8 +199,8 @@ def test_dcentvfy_source_plus_derived(series, tmp_path):
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     proc = subprocess.run(["dcentvfy", *map(str, paths)], capture_output=True, text=True)
-    lines = [l for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
-    unexpected = [l for l in lines if "AccessionNumber" not in l]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    unexpected = [line for line in lines if "AccessionNumber" not in line]
     assert unexpected == [], unexpected
     # every derived object joins the source study, one series per object kind
     series_uids = {ds.SeriesInstanceUID for ds in objs.values()}
@@ -248,7 +254,8 @@ def test_references_made_before_encoding_match_the_objects(series, tmp_path):
 
     first, pm, seg, tracking, _, _ = _report_inputs(series, tmp_path)
     labels = series[1]["labels"]
-    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float),
+    geom = [SliceGeometry(np.array(d.ImageOrientationPatient[:3], float),
+                          np.array(d.ImageOrientationPatient[3:], float),
                           tuple(map(float, d.PixelSpacing)), np.array(d.ImagePositionPatient, float)) for d in first]
     seg_ref, ref_tracking = segmentation_reference(first, assign_aha(labels, geom).labels, ALG)
     pm_ref = parametric_map_reference(first, t2_map_spec(), ALG)

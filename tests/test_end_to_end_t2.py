@@ -29,7 +29,8 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
     truth = np.load(sim / "truth.npz")
     node = NodeProcess(tmp_path / "node", preload=True)
     orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node.port).start()
-    node.config_path.write_text(node.config_path.read_text() + "[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
+    node.config_path.write_text(node.config_path.read_text()
+                                + "[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
                                 + orthanc.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n')
     node.start()
     try:
@@ -59,8 +60,8 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
         out.mkdir()
         study_uid = str(pydicom.dcmread(next(sim.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
         run(["findscu", "-S", "-X", "-od", out, "-aec", orthanc.ae_title, "-k", "QueryRetrieveLevel=SERIES",
-             "-k", f"StudyInstanceUID={study_uid}", "-k", "Modality", "-k", "SeriesDescription", "-k", "SeriesInstanceUID",
-             "127.0.0.1", orthanc.dicom_port], check=True)
+             "-k", f"StudyInstanceUID={study_uid}", "-k", "Modality", "-k", "SeriesDescription",
+             "-k", "SeriesInstanceUID", "127.0.0.1", orthanc.dicom_port], check=True)
         found = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
         descriptions = {(str(d.Modality), str(d.SeriesDescription)) for d in found}
         for modality, words in ((None, "T2 map"), (None, "T2 error bound"), ("SEG", "Segmentation"),
@@ -83,7 +84,8 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
         seg = _file(orthanc, seg_series["Instances"][0])
         import highdicom as hd
 
-        report = hd.sr.Comprehensive3DSR.from_dataset(sr) if sr.SOPClassUID.endswith(".34") else hd.sr.ComprehensiveSR.from_dataset(sr)
+        report = (hd.sr.Comprehensive3DSR.from_dataset(sr) if sr.SOPClassUID.endswith(".34")
+                  else hd.sr.ComprehensiveSR.from_dataset(sr))
         sr_means = {}
         for group in report.content.get_volumetric_roi_measurement_groups():
             tracking = str(group.tracking_identifier)
@@ -102,7 +104,7 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
         segment_of = {int(x.SegmentNumber): str(x.TrackingID) for x in seg.SegmentSequence}
         masks: dict[str, np.ndarray] = {}
         frames = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
-        for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
             number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
             z = float(np.array(group.PlanePositionSequence[0].ImagePositionPatient, float) @ normal)
             k = int(np.argmin([abs(z - v) for v in z_src]))

@@ -3,8 +3,8 @@ from __future__ import annotations
 import io
 
 import pytest
-from pydicom.dataset import FileMetaDataset
 from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
 from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, encode_file_meta

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -80,8 +79,8 @@ def test_findscu_values(env, tmp_path):
 
 
 def test_findscu_invalid_level_is_refused(env, tmp_path):
-    proc = run(["findscu", "-v", "-S", "-aec", env["node"].ae_title, "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID",
-                "127.0.0.1", env["node"].port])
+    proc = run(["findscu", "-v", "-S", "-aec", env["node"].ae_title, "-k", "QueryRetrieveLevel=PATIENT",
+                "-k", "PatientID", "127.0.0.1", env["node"].port])
     assert "Received Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in proc.stderr  # 0xA900
 
 

@@ -9,10 +9,10 @@ import time
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import MRImageStorage, Verification
-from pydicom.uid import generate_uid
 
 from dicom_node.synthetic import mr_image, write_mr_series
 from tests.helpers import chunked_sending, run

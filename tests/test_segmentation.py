@@ -11,12 +11,28 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pinn_engine.phantom import Anatomy, Tissue, labels_of, tissue_map
-from pinn_engine.segmentation.infer import (DEFAULT_WEIGHTS, Segmenter, _flag_stray_slices, _rechoose_stray_slices,
-                                           clean_labels, to_three_channels)
+from pinn_engine.segmentation.infer import (
+    DEFAULT_WEIGHTS,
+    Segmenter,
+    _flag_stray_slices,
+    _rechoose_stray_slices,
+    clean_labels,
+    to_three_channels,
+)
 from pinn_engine.segmentation.network import UNet, count_parameters
 from pinn_engine.segmentation.orientation import display_matrix
-from pinn_engine.segmentation.synth import (FAT_MODELS, GRID, SLOW_FLOW, _black_blood_texture, _extracardiac_blood,
-                                           _fat_pad, _fat_strands, _slow_flow_fill, make_sample, make_slice)
+from pinn_engine.segmentation.synth import (
+    FAT_MODELS,
+    GRID,
+    SLOW_FLOW,
+    _black_blood_texture,
+    _extracardiac_blood,
+    _fat_pad,
+    _fat_strands,
+    _slow_flow_fill,
+    make_sample,
+    make_slice,
+)
 
 
 def test_network_is_compact():

@@ -100,7 +100,8 @@ def table_lines(picture: Picture) -> list[str]:
               f"bound {picture.confidence * 100:g}% ({picture.unit})", "pixels", "flags"]
     cells = [header, *rows]
     widths = [max(len(row[c]) for row in cells) for c in range(len(header))]
-    lines = ["  ".join(v.rjust(w) if c and c < 5 else v.ljust(w) for c, (v, w) in enumerate(zip(row, widths)))
+    lines = ["  ".join(v.rjust(w) if c and c < 5 else v.ljust(w)
+                       for c, (v, w) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))
     return lines

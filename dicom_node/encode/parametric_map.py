@@ -8,8 +8,8 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import ParametricMapStorage
 from pydicom.sr.coding import Code
+from pydicom.uid import ParametricMapStorage
 
 from dicom_node.encode.common import (
     MANUFACTURER,

@@ -55,7 +55,8 @@ class ReportContext:
 
 
 def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dict[str, int],
-           value_map: Dataset, sources: Sequence[Dataset], algorithm: Algorithm) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+           value_map: Dataset, sources: Sequence[Dataset],
+           algorithm: Algorithm) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     track_id = "LV myocardium" if region.aha is None else f"AHA segment {region.aha}"
     finding = codes.SCT.LeftVentricleMyocardium if region.aha is None else aha_code(region.aha)
     series_uid = sources[0].SeriesInstanceUID
@@ -81,7 +82,8 @@ def _group(region: RegionResult, ctx: ReportContext, seg: Dataset, tracking: dic
         if "ContentSequence" not in item[0]:
             item[0].ContentSequence = ContentSequence()
         item[0].ContentSequence.append(hd.sr.NumContentItem(
-            name=UNCERTAINTY, value=plus_minus, unit=unit, relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
+            name=UNCERTAINTY, value=plus_minus, unit=unit,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES))
         others.append(item)
     area = hd.sr.Measurement(name=AREA, value=region.area_mm2, unit=MM2)
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(

@@ -69,7 +69,7 @@ def test_allow_list_applies_to_every_service(node_factory, storescp_factory, tmp
         # getscu names only "Association Rejected"; the others also print the reason
         expected = "Association Rejected" if service == "C-GET" else "Calling AE Title Not Recognized"
         assert expected in bad.stdout + bad.stderr, (service, bad.stderr)
-    for service, cmd in commands.items():
+    for _service, cmd in commands.items():
         run([cmd[0], "-aet", "GOODSCU", *cmd[1:]], check=True)
     wrong_called = run(["echoscu", "-aet", "GOODSCU", "-aec", "NOT_THE_NODE", *addr])
     assert wrong_called.returncode != 0

@@ -77,7 +77,8 @@ def descendants(pid: int) -> list[int]:
 class MemorySampler:
     """Peak memory of a process and its descendants, sampled from /proc in a thread.
 
-    After :meth:`mark_baseline` the peaks are those reached from then on. ``node_peak_mb``: the node's own VmHWM (the kernel's high-water mark, exact).
+    After :meth:`mark_baseline` the peaks are those reached from then on. ``node_peak_mb``: the
+    node's own VmHWM (the kernel's high-water mark, exact).
     ``children_peak_mb``: the sum of the descendants' VmHWM (each exact; summed, an upper
     bound for their joint peak). ``tree_peak_mb``: the largest sampled sum of VmRSS over
     the whole tree at one instant.
@@ -269,7 +270,7 @@ def run_load(work: Path, associations: int = ASSOCIATIONS, per_association: int 
             wall0 = time.time()
             procs = [subprocess.Popen(["storescu", "-v", "+sd", "-aec", node.ae_title, "127.0.0.1", str(node.port),
                                        str(d)], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV)
-                     for d, log in zip(series_dirs, logs)]
+                     for d, log in zip(series_dirs, logs, strict=True)]
             ends = [0.0] * associations
             pending = set(range(associations))
             try:
@@ -309,7 +310,8 @@ def run_load(work: Path, associations: int = ASSOCIATIONS, per_association: int 
             finally:
                 conn.close()
             result.indexed_total = node.index_count()
-        finished = [e for e in node.events("job.done") + node.events("job.failed") if e.get("job_id") == job_start["job_id"]]
+        finished = [e for e in node.events("job.done") + node.events("job.failed")
+                    if e.get("job_id") == job_start["job_id"]]
         job_t0 = _event_time(job_start)
         job_t1 = _event_time(finished[-1]) if finished else time.time()
         result.job_seconds = job_t1 - job_t0 if finished else None
@@ -323,7 +325,7 @@ def run_load(work: Path, associations: int = ASSOCIATIONS, per_association: int 
         # every indexed instance of the load has its file, of the indexed size
         conn = sqlite3.connect(node.storage / "index.sqlite", timeout=30)
         try:
-            for uid, d in zip(series_uids, series_dirs):
+            for uid, d in zip(series_uids, series_dirs, strict=True):
                 rows = conn.execute("SELECT path, size FROM instances WHERE series_uid = ?", (uid,)).fetchall()
                 missing = [p for p, s in rows
                            if not (node.storage / p).is_file() or (node.storage / p).stat().st_size != s]

@@ -24,7 +24,8 @@ APP_CONFIG = """window.config = {
       qidoSupportsIncludeField: false, supportsReject: false,
       imageRendering: 'wadors', thumbnailRendering: 'wadors',
       enableStudyLazyLoad: true, supportsFuzzyMatching: false, supportsWildcard: true,
-      staticWado: false, singlepart: 'bulkdata,video',  // PDFs come as bulk data (Orthanc's DICOMweb has no PDF /rendered)
+      // PDFs come as bulk data (Orthanc's DICOMweb has no PDF /rendered)
+      staticWado: false, singlepart: 'bulkdata,video',
       bulkDataURI: { enabled: true, relativeResolution: 'studies' },
     },
   }],
