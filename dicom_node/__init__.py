@@ -9,7 +9,7 @@ Modules in the order data flows (the README's "How data flows" draws the same):
 - ``series`` (series completion) and ``jobs`` (the durable job queue and its workers);
 - ``processing`` (sub-package: classification, loading, the T2 and perfusion pipelines,
   delivery) and ``encode`` (sub-package: the derived DICOM objects);
-- ``send`` (C-STORE SCU) and ``audit``; ``health``, ``logs``, ``config``;
+- ``send`` (C-STORE SCU) and ``audit``; ``health``, ``logs``, ``config``; ``lazy_exports``;
 - ``node`` (composes the parts, starts and stops them) and ``cli`` (``dicom-node``);
 - ``simulate`` and ``synthetic``: phantom series and synthetic instances for demos and tests.
 """

@@ -14,8 +14,7 @@ highdicom, which a process that never encodes does not need.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dicom_node.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "Algorithm": "common", "DERIVED_SUFFIX": "common", "dataset_bytes": "common", "dataset_from_bytes": "common",
@@ -34,15 +33,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
