@@ -155,15 +155,10 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _process_config(args: argparse.Namespace):
     """The node's configuration (``--config``), with the command line's ``[engine]`` overrides."""
-    import dataclasses  # noqa: PLC0415
-
-    config = load_config(args.config)
-    overrides = {key: value for key, value in (("t2_method", args.method), ("confidence", args.confidence),
-                                               ("prebolus_dose_ratio", args.prebolus_dose_ratio))
-                 if value is not None}
-    if not overrides:
-        return config
-    return config.with_overrides(engine=dataclasses.replace(config.engine, **overrides))
+    engine = {key: value for key, value in (("t2_method", args.method), ("confidence", args.confidence),
+                                            ("prebolus_dose_ratio", args.prebolus_dose_ratio))
+              if value is not None}
+    return load_config(args.config, {"engine": engine} if engine else None)
 
 
 def _cmd_process(args: argparse.Namespace) -> int:

@@ -350,20 +350,30 @@ def parse_config(raw: dict[str, Any]) -> Config:
     )
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Load and validate ``path``; ``None`` gives the embedded default."""
-    if path is None:
+def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Load and validate ``path``; ``None`` gives the embedded default.
+
+    ``overrides`` (section -> key -> value, e.g. from command-line options) replace the
+    file's values before validation, so they are checked like the file's own.
+    """
+    if path is None and not overrides:
         return Config()
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    raw: dict[str, Any] = {}
+    where = "command line"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
     try:
         return parse_config(raw)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -107,3 +107,15 @@ def test_deploy_example_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "deploy" / "node.toml")
     assert cfg.routing.send_results_to == ("pacs",)
     assert cfg.destination_by_ae("ORTHANC").port == 4242
+
+
+def test_overrides_replace_the_files_values_and_are_checked_like_them(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('[engine]\nt2_method = "pinn"\nconfidence = 0.9\nhematocrit = 0.4\n')
+    config = load_config(path, {"engine": {"t2_method": "nlls"}})
+    assert (config.engine.t2_method, config.engine.confidence, config.engine.hematocrit) == ("nlls", 0.9, 0.4)
+    assert load_config(None, {"engine": {"confidence": 0.8}}).engine.confidence == 0.8
+    with pytest.raises(ConfigError, match="confidence must be in"):
+        load_config(path, {"engine": {"confidence": 1.5}})
+    with pytest.raises(ConfigError, match="t2_method must be nlls or pinn"):
+        load_config(None, {"engine": {"t2_method": "scipy"}})
