@@ -33,6 +33,7 @@ from dicom_node.encode import (
     segmentation_reference,
 )
 from dicom_node.processing.classification import slice_key
+from dicom_node.processing.kinds import SeriesKind
 from dicom_node.processing.load import PerfusionSeries, SeriesError
 from dicom_node.processing.prebolus import PreBolusSeries
 from dicom_node.processing.step_processes import IN_CALLER, StepProcesses
@@ -206,7 +207,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
     pictures = encode_and_deliver(helpers, timed, objects, encode, picture, report, sources[0], algorithm, copies,
                                   deliver)
     summary = {
-        "kind": "perfusion",
+        "kind": SeriesKind.PERFUSION,
         "segments": summary_segments,
         "global": global_entry,
         "method": settings.method,

@@ -28,6 +28,7 @@ from dicom_node.encode import (
     t2_bound_spec,
     t2_map_spec,
 )
+from dicom_node.processing.kinds import SeriesKind
 from dicom_node.processing.load import SeriesError, T2Series
 from dicom_node.processing.step_processes import FIT_AND_DRAW, IN_CALLER, StepProcesses
 from dicom_node.processing.steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
@@ -135,7 +136,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
                                   deliver)
     flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[myocardium].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
     summary = {
-        "kind": "t2",
+        "kind": SeriesKind.T2,
         "segments": summary_segments,
         "global": global_entry,
         "noise_sigma": round(fit.noise.sigma, 4),
