@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Segmentation benchmark: synthetic held-out slices, real MyoPS T2w cases, AHA landmarks, speed.
+"""Segmentation benchmark: synthetic held-out slices, real MyoPS T2w and bSSFP cases, AHA landmarks, speed.
 
-    .venv/bin/python benchmarks/segmentation.py [--weights PATH] [--myops DIR]
+    .venv/bin/python benchmarks/segmentation.py [--weights PATH] [--myops DIR] [--contrast t2|c0|both]
 
 (a) Dice for LV blood pool, LV myocardium, RV on 200 held-out synthetic slices (a seed
     never used in training, from the generator the weights were trained on unless
     --generator names another), through the full inference path (localisation + crop);
 (b) Dice per case (3-D, all slices) on every case of ../shared/data/myops-dev at full
-    field of view (MyoPS labels: 500 -> LV, 200+1220+2221 -> myocardium, 600 -> RV);
-    validation only — cite the MyoPS challenge (Zhuang et al., MICCAI 2020);
+    field of view (MyoPS labels: 500 -> LV, 200+1220+2221 -> myocardium, 600 -> RV), for
+    each contrast --contrast names: the black-blood T2-weighted stacks (CaseNNNN_T2) and the
+    bright-blood bSSFP stacks (CaseNNNN_C0, on the same grid as the labels; the contrast of
+    T2-prepared bSSFP source images), both against CaseNNNN_gd; validation only — cite the
+    MyoPS challenge (Zhuang et al., MICCAI 2020);
 (c) AHA: angular error of the anterior RV insertion point from predicted vs true masks
     on synthetic 3-slice stacks with DICOM-like geometry;
 (d) inference time per 192x192 slice.
@@ -57,28 +60,44 @@ def synthetic(seg: Segmenter, n: int, generator: int) -> None:
     summary(rows, f"(a) held-out synthetic slices (generator {generator}, seed {HELD_OUT_SEED})")
 
 
-def myops(seg: Segmenter, folder: Path) -> None:
-    cases = sorted(folder.glob("Case*_T2.nii.gz"))
+# MyoPS image suffix -> how part (b) names the contrast
+MYOPS_CONTRASTS = {
+    "t2": ("T2", "T2-weighted (black blood)"),
+    "c0": ("C0", "bSSFP (bright blood)"),
+}
+
+
+def myops_truth(path: Path) -> np.ndarray:
+    """A MyoPS label volume (CaseNNNN_gd) as Label values: LV blood pool, LV myocardium, RV blood pool."""
+    gd = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    truth = np.zeros(gd.shape, np.uint8)
+    truth[gd == 500] = 1
+    truth[np.isin(gd, (200, 1220, 2221))] = 2
+    truth[gd == 600] = 3
+    return truth
+
+
+def myops(seg: Segmenter, folder: Path, contrast: str) -> None:
+    """Per-case 3-D Dice on the MyoPS stacks of one contrast (``MYOPS_CONTRASTS`` key), full field of view."""
+    suffix, name = MYOPS_CONTRASTS[contrast]
+    cases = sorted(folder.glob(f"Case*_{suffix}.nii.gz"))
     if not cases:
-        print(f"(b) no MyoPS cases in {folder}")
+        print(f"(b) no MyoPS {name} cases in {folder}")
         return
     rows = []
-    print(f"(b) MyoPS T2-weighted, full field of view ({len(cases)} cases; MyoPS challenge, Zhuang et al. 2020)")
+    print(f"(b) MyoPS {name}, full field of view ({len(cases)} cases; MyoPS challenge, Zhuang et al. 2020)")
     for path in cases:
+        case = path.name.split("_")[0]
         img = sitk.ReadImage(str(path))
         arr = sitk.GetArrayFromImage(img).astype(np.float64)
-        gd = sitk.GetArrayFromImage(sitk.ReadImage(str(path).replace("_T2", "_gd")))
-        truth = np.zeros(gd.shape, np.uint8)
-        truth[gd == 500] = 1
-        truth[np.isin(gd, (200, 1220, 2221))] = 2
-        truth[gd == 600] = 3
+        truth = myops_truth(path.with_name(f"{case}_gd.nii.gz"))
         sx, sy = img.GetSpacing()[:2]
         d = np.array(img.GetDirection()).reshape(3, 3)
         pred = seg(arr[:, None], (sy, sx), orientation=(d[:, 0], d[:, 1])).labels
         row = [dice(pred, truth, c) for c in (1, 2, 3)]
         rows.append(row)
-        print(f"  {path.name.split('_')[0]}: {arr.shape[0]} slices  LV {row[0]:.3f}  myo {row[1]:.3f}  RV {row[2]:.3f}")
-    summary(rows, "    per-case Dice")
+        print(f"  {case}: {arr.shape[0]} slices  LV {row[0]:.3f}  myo {row[1]:.3f}  RV {row[2]:.3f}")
+    summary(rows, f"    per-case Dice, {name}")
 
 
 def aha_landmarks(seg: Segmenter, n: int, generator: int) -> None:
@@ -120,6 +139,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights")
     ap.add_argument("--myops", default=str(ROOT.parent / "shared" / "data" / "myops-dev"))
+    ap.add_argument("--contrast", choices=["t2", "c0", "both"], default="both",
+                    help="MyoPS stacks for (b): T2-weighted (t2), bSSFP (c0) or both (default)")
     ap.add_argument("--synthetic", type=int, default=200)
     ap.add_argument("--generator", type=int,
                     help="synthetic-data generator for (a) and (c) (default: the one the weights were trained on)")
@@ -128,7 +149,8 @@ def main() -> int:
     print(f"model: {seg.meta}")
     generator = args.generator or seg.meta.get("generator", 1)
     synthetic(seg, args.synthetic, generator)
-    myops(seg, Path(args.myops))
+    for contrast in MYOPS_CONTRASTS if args.contrast == "both" else (args.contrast,):
+        myops(seg, Path(args.myops), contrast)
     aha_landmarks(seg, 100, generator)
     speed(seg)
     return 0
