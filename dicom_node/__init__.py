@@ -11,7 +11,8 @@ Modules in the order data flows (the README's "How data flows" draws the same):
   delivery) and ``encode`` (sub-package: the derived DICOM objects);
 - ``send`` (C-STORE SCU) and ``audit``; ``health``, ``logs``, ``config``; ``lazy_exports``;
 - ``node`` (composes the parts, starts and stops them) and ``cli`` (``dicom-node``);
-- ``simulate`` and ``synthetic``: phantom series and synthetic instances for demos and tests.
+- ``simulate`` and ``synthetic``: phantom series and synthetic instances for demos and tests;
+  ``vendors`` and ``enhanced_mr``: the phantom's T2 study as each vendor writes it.
 """
 
 __version__ = "0.1.0"

@@ -229,6 +229,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from dicom_node.simulate import simulate_t2  # noqa: PLC0415
 
     out = Path(args.out)
+    if args.vendor:
+        from dicom_node.vendors import simulate_vendor_t2  # noqa: PLC0415
+
+        _, written = simulate_vendor_t2(out, args.vendor, seed=args.seed, snr=args.snr, te_ms=args.te,
+                                        slices=args.slices, matrix=args.matrix, blood=args.blood,
+                                        oedema=not args.no_oedema)
+        print(f"wrote a {args.vendor} study of {sum(len(v) for v in written.values())} MR instances in "
+              f"{len(written)} series ({args.matrix}x{args.matrix}, SNR {args.snr:g}) and truth.npz to {out}:")
+        for folder, paths in written.items():
+            print(f"  {folder}/: {len(paths)} instances")
+        return 0
     phantom = simulate_t2(out, seed=args.seed, snr=args.snr, te_ms=args.te, slices=args.slices, matrix=args.matrix,
                           blood=args.blood, oedema=not args.no_oedema)
     n = phantom.images.shape[0] * phantom.images.shape[1]
@@ -300,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     t2.add_argument("--matrix", type=int, default=192)
     t2.add_argument("--blood", choices=["bright", "black"], default="bright")
     t2.add_argument("--no-oedema", action="store_true", help="no oedema sector (T2 60 ms) in the myocardium")
+    t2.add_argument("--vendor", choices=["siemens", "siemens-xa", "philips", "ge"],  # dicom_node.vendors.VENDORS
+                    help="write a study as the vendor does: siemens (MyoMaps: a series per slice, the preparation "
+                         "time in Image Comments, MOCO series, the scanner's T2 map and a MOLLI series), siemens-xa "
+                         "(the same with each source series one Enhanced MR image), philips (the multi-echo series "
+                         "as one Enhanced MR image, frames scaled, and the scanner's T2 map), ge (one series, echo "
+                         "fastest, EchoTime = preparation time); default: the node's own phantom series")
     t2.set_defaults(func=_cmd_simulate)
     pf = sim_sub.add_parser("perfusion", help="first-pass perfusion series (saturation recovery, 2CXM myocardium)")
     pf.add_argument("--out", required=True, help="output folder")

@@ -34,14 +34,16 @@ def sax_orientation(normal: np.ndarray = LONG_AXIS) -> tuple[np.ndarray, np.ndar
     return display_axes(normal)
 
 
-def _format(v: float) -> str:
+def format_number(v: float) -> str:
     return f"{v:.6f}".rstrip("0").rstrip(".")
 
 
-def _instance(*, seed: int, patient_id: str, series_number: int, sop_key: tuple, when: _dt.datetime,
-              ipp: np.ndarray, row: np.ndarray, col: np.ndarray, centre: np.ndarray, dx: float,
-              pixels: np.ndarray, instance_number: int, kind: dict) -> Dataset:
-    """One synthetic MR Image Storage instance; ``kind`` holds the series-specific attributes."""
+def mr_instance(*, seed: int, patient_id: str, series_number: int, sop_key: tuple, when: _dt.datetime,
+                ipp: np.ndarray, row: np.ndarray, col: np.ndarray, centre: np.ndarray, dx: float,
+                pixels: np.ndarray, instance_number: int, kind: dict) -> Dataset:
+    """One synthetic MR Image Storage instance; ``kind`` holds the series-specific attributes
+    (``series_key``, taken out, names the series with ``seed``, ``patient_id`` and ``series_number``;
+    the rest are keywords set last, so they override the defaults: Manufacturer, ImageType ...)."""
     sop = synthetic_uid(*sop_key)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -90,17 +92,17 @@ def _instance(*, seed: int, patient_id: str, series_number: int, sop_key: tuple,
     ds.StudyID = "1"
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
-    ds.ImagePositionPatient = [_format(v) for v in ipp]
-    ds.ImageOrientationPatient = [_format(v) for v in (*row, *col)]
+    ds.ImagePositionPatient = [format_number(v) for v in ipp]
+    ds.ImageOrientationPatient = [format_number(v) for v in (*row, *col)]
     ds.FrameOfReferenceUID = synthetic_uid("frame", seed, patient_id)
     ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = _format(float(centre.dot(LONG_AXIS)))
+    ds.SliceLocation = format_number(float(centre.dot(LONG_AXIS)))
     for key, value in kind.items():
         setattr(ds, key, value)
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows, ds.Columns = pixels.shape
-    ds.PixelSpacing = [_format(dx), _format(dx)]
+    ds.PixelSpacing = [format_number(dx), format_number(dx)]
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -114,7 +116,7 @@ def _slice_position(s: int, n_slices: int, spacing: float, rows: int, cols: int,
     return centre, centre - (cols - 1) / 2 * dx * row - (rows - 1) / 2 * dx * col
 
 
-def _stack_layout(phantom: T2Phantom | PerfusionPhantom, out: Path, pixel_scale: float):
+def stack_layout(phantom: T2Phantom | PerfusionPhantom, out: Path, pixel_scale: float):
     """What every instance of a phantom stack shares: orientation, pixel spacing and stored
     pixels, and per slice its centre and image position (``out`` is created)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -130,14 +132,14 @@ def _stack_layout(phantom: T2Phantom | PerfusionPhantom, out: Path, pixel_scale:
 def write_t2_series(phantom: T2Phantom, out: Path, seed: int, pixel_scale: float = 1.0,
                     patient_id: str = "PHANTOM01", series_number: int = 401) -> list[Path]:
     """One MR Image Storage instance per slice and preparation time."""
-    row, col, dx, pixels, positions = _stack_layout(phantom, out, pixel_scale)
+    row, col, dx, pixels, positions = stack_layout(phantom, out, pixel_scale)
     n_echoes = phantom.images.shape[1]
     now = _dt.datetime(2026, 1, 15, 10, 30, 0)
     paths = []
     for s, (centre, ipp) in enumerate(positions):
         for e in range(n_echoes):
-            te = _format(phantom.te_ms[e])
-            ds = _instance(
+            te = format_number(phantom.te_ms[e])
+            ds = mr_instance(
                 seed=seed, patient_id=patient_id, series_number=series_number,
                 sop_key=("t2prep-instance", seed, patient_id, series_number, s, e),
                 when=now + _dt.timedelta(seconds=12 * s + e), ipp=ipp, row=row, col=col, centre=centre, dx=dx,
@@ -161,14 +163,14 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
     """One instance per slice and dynamic; TriggerTime/AcquisitionTime/TemporalPositionIdentifier
     carry the frame time, ImageComments the saturation-recovery delay ("saturation delay 100 ms";
     InversionTime is reserved to IR sequences); ``dose_ml``: ContrastBolusVolume."""
-    row, col, dx, pixels, positions = _stack_layout(phantom, out, pixel_scale)
+    row, col, dx, pixels, positions = stack_layout(phantom, out, pixel_scale)
     frames = phantom.images.shape[1]
-    extra = {} if dose_ml is None else {"ContrastBolusVolume": _format(dose_ml)}
+    extra = {} if dose_ml is None else {"ContrastBolusVolume": format_number(dose_ml)}
     paths = []
     for s, (centre, ipp) in enumerate(positions):
         for f in range(frames):
             t_s = float(phantom.t_min[s, f] * 60.0)
-            ds = _instance(
+            ds = mr_instance(
                 seed=seed, patient_id=patient_id, series_number=series_number,
                 sop_key=("perfusion-instance", seed, patient_id, series_number, s, f),
                 when=start + _dt.timedelta(seconds=t_s), ipp=ipp, row=row, col=col, centre=centre, dx=dx,
@@ -177,8 +179,8 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
                       "ProtocolName": "Stress perfusion", "SequenceName": "SR_GRE", "RepetitionTime": 2.5,
                       "EchoTime": 1.2, "FlipAngle": 12.0, "ScanOptions": "CG",
                       "SequenceVariant": ["SK", "SS", "MP"],
-                      "ImageComments": f"saturation delay {_format(phantom.ts_ms)} ms",
-                      "TriggerTime": _format((t_s - float(phantom.t_min[0, f] * 60.0)) * 1000.0 + 300.0),
+                      "ImageComments": f"saturation delay {format_number(phantom.ts_ms)} ms",
+                      "TriggerTime": format_number((t_s - float(phantom.t_min[0, f] * 60.0)) * 1000.0 + 300.0),
                       "TemporalPositionIdentifier": f + 1,
                       "NumberOfTemporalPositions": frames, "AcquisitionNumber": f + 1,
                       "ContrastBolusAgent": "gadobutrol (simulated)", **extra},
@@ -189,19 +191,35 @@ def write_perfusion_series(phantom: PerfusionPhantom, out: Path, seed: int, pixe
     return paths
 
 
-def simulate_t2(out: Path, seed: int = 0, snr: float = 40.0, te_ms: tuple[float, ...] = (0.0, 35.0, 55.0),
-                slices: int = 3, matrix: int = 192, blood: str = "bright", oedema: bool = True) -> T2Phantom:
-    """Write the T2 phantom series and ``truth.npz`` (T2, M0 in stored units, labels) to ``out``."""
+def make_t2_phantom(seed: int = 0, snr: float = 40.0, te_ms: tuple[float, ...] = (0.0, 35.0, 55.0),
+                    slices: int = 3, matrix: int = 192, blood: str = "bright", oedema: bool = True) -> T2Phantom:
+    """The T2 phantom that ``simulate_t2`` (and ``vendors``) write: 320 mm field of view at 192."""
     anatomy = Anatomy(matrix=matrix, fov_mm=320.0 * matrix / 192)
     if oedema:
         anatomy = with_oedema(anatomy)
-    phantom = t2_phantom(anatomy, te_ms=te_ms, snr=snr, n_slices=slices, seed=seed, blood=blood)
-    out.mkdir(parents=True, exist_ok=True)
-    write_t2_series(phantom, out, seed)
+    return t2_phantom(anatomy, te_ms=te_ms, snr=snr, n_slices=slices, seed=seed, blood=blood)
+
+
+def write_t2_truth(out: Path, phantom: T2Phantom, snr: float, seed: int, **extra) -> None:
+    """``truth.npz``: T2, M0 in stored units, labels, tissues, noise, preparation times."""
     np.savez_compressed(
         out / "truth.npz", t2_ms=phantom.t2_ms.astype(np.float32), m0=phantom.m0.astype(np.float32),
         labels=phantom.labels, tissues=phantom.tissues, sigma=phantom.sigma, te_ms=phantom.te_ms, snr=snr, seed=seed,
+        **extra,
     )
+
+
+def simulate_t2(out: Path, seed: int = 0, snr: float = 40.0, te_ms: tuple[float, ...] = (0.0, 35.0, 55.0),
+                slices: int = 3, matrix: int = 192, blood: str = "bright", oedema: bool = True) -> T2Phantom:
+    """Write the T2 phantom series and ``truth.npz`` (T2, M0 in stored units, labels) to ``out``.
+
+    ``vendors.simulate_vendor_t2`` writes the same phantom as a scanner's study would hold it.
+    """
+    phantom = make_t2_phantom(seed=seed, snr=snr, te_ms=te_ms, slices=slices, matrix=matrix, blood=blood,
+                              oedema=oedema)
+    out.mkdir(parents=True, exist_ok=True)
+    write_t2_series(phantom, out, seed)
+    write_t2_truth(out, phantom, snr, seed)
     return phantom
 
 

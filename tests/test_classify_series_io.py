@@ -24,7 +24,7 @@ def headers(paths):
 
 def test_t2_series_is_recognised(t2_files):
     c = classify(headers(t2_files))
-    assert c.kind == "t2" and "3 slice positions x 3 preparation times" in c.reason
+    assert (c.kind, c.reason) == ("t2", "3 slice positions x 3 preparation times (SequenceName 'T2prep')")
 
 
 def test_t2_prep_times_from_vendor_fields_when_echo_time_is_constant(t2_files):
@@ -57,6 +57,12 @@ def test_perfusion_asl_derived_and_other(t2_files):
     for h in derived:
         h.ImageType = ["DERIVED", "PRIMARY", "T2_MAP"]
     assert classify(derived).kind == "other"
+    for h in derived:
+        h.ImageType = ["DERIVED", "PRIMARY", "M", "ND"]
+    assert classify(derived).kind == "other"
+    for h in derived:  # motion-corrected source images (Siemens MOCO) are still T2 source images
+        h.ImageType = ["DERIVED", "PRIMARY", "M", "ND", "MOCO"]
+    assert classify(derived).kind == "t2" and "MOCO" in classify(derived).reason
     sr = copy.deepcopy(base)
     sr.Modality, sr.SOPClassUID = "SR", "1.2.840.10008.5.1.4.1.1.88.33"
     assert classify([sr]).kind == "other"

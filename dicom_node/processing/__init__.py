@@ -5,6 +5,7 @@ In the order data flows:
 - ``kinds``: ``SeriesKind`` (what a series is) and ``JobKind`` (what work it gets);
 - ``classification``: a series' kind from its headers, with the configured ``[[classify]]`` rules;
 - ``sources``: where a job's files come from (the node's store, or a folder);
+- ``frames``: Enhanced MR (multi-frame) images as one header view per frame;
 - ``load``: a series' files -> arrays and geometry (``T2Series``, ``PerfusionSeries``);
 - ``prebolus``: pairing a perfusion series with its study's pre-bolus series;
 - ``t2``, ``perfusion``: the pipelines; ``steps``: what they share (timed steps, the

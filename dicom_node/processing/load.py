@@ -12,7 +12,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicom_node.processing.classification import preparation_time_ms, slice_key
+from dicom_node.processing.classification import preparation_times, slice_key
+from dicom_node.processing.frames import frame_number, frame_pixels, frame_views_of
 from pinn_engine.aha import SliceGeometry
 
 
@@ -31,12 +32,13 @@ class T2Series:
 
 
 def read_headers(paths: Sequence[Path]) -> list[Dataset]:
-    return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    """The headers of ``paths``: one per image, one per frame of a multi-frame image (``frames``)."""
+    return frame_views_of([pydicom.dcmread(p, stop_before_pixels=True) for p in paths])
 
 
 def _read_consistent(paths: Sequence[Path]) -> list[Dataset]:
     """All instances, checked to share matrix, orientation and pixel spacing."""
-    datasets = [pydicom.dcmread(p) for p in paths]
+    datasets = frame_views_of([pydicom.dcmread(p) for p in paths])
     if not datasets:
         raise SeriesError("no instances")
     first = datasets[0]
@@ -61,8 +63,9 @@ def load_t2_series(paths: Sequence[Path]) -> T2Series:
     datasets = _read_consistent(paths)
     first = datasets[0]
     by_pos: dict[float, dict[float, Dataset]] = defaultdict(dict)
-    for ds in datasets:
-        pos, te = slice_key(ds), preparation_time_ms(ds)
+    prep = preparation_times(datasets)  # one source for the whole series (classification's)
+    for ds, te in zip(datasets, prep.times, strict=True):
+        pos = slice_key(ds)
         if pos is None or te is None:
             raise SeriesError(f"instance {ds.SOPInstanceUID} has no geometry or preparation time")
         if te in by_pos[pos]:
@@ -76,6 +79,12 @@ def load_t2_series(paths: Sequence[Path]) -> T2Series:
         raise SeriesError(f"need >= 3 preparation times per slice, got {list(te_ms)}")
     positions = sorted(by_pos)
     images = np.stack([np.stack([_pixels(by_pos[p][t]) for t in te_ms]) for p in positions])
+    if prep.by_order:  # times from the CSA protocol by image order: the signal must fall with longer preparation
+        falling = np.all(np.diff(images.mean(axis=(2, 3)), axis=1) < 0, axis=1)
+        if not falling.all():
+            raise SeriesError(f"preparation times from the {prep.source} do not match the images: the signal does "
+                              f"not fall with longer preparation at slice position(s) "
+                              f"{[positions[k] for k in np.flatnonzero(~falling)]} mm")
     sources = [by_pos[p][te_ms[0]] for p in positions]
     return T2Series(images, te_ms, sources, [by_pos[p][t] for p in positions for t in te_ms], _geometry(sources),
                     (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])))
@@ -181,6 +190,8 @@ def load_perfusion_series(paths: Sequence[Path]) -> PerfusionSeries:
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
+    if frame_number(ds) is not None:  # a frame of an Enhanced MR image: its own rescale, from its groups
+        return frame_pixels(ds)
     arr = ds.pixel_array.astype(np.float64)
     slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
     return arr * slope + intercept

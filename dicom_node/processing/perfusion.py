@@ -37,7 +37,15 @@ from dicom_node.processing.kinds import SeriesKind
 from dicom_node.processing.load import PerfusionSeries, SeriesError
 from dicom_node.processing.prebolus import PreBolusSeries
 from dicom_node.processing.step_processes import IN_CALLER, StepProcesses
-from dicom_node.processing.steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
+from dicom_node.processing.steps import (
+    Deliver,
+    DisplayCopies,
+    Outcome,
+    Steps,
+    encode_and_deliver,
+    require_single_frame_sources,
+    submit_report,
+)
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion import PerfusionSettings, PreBolus, aif_slice, quantify_perfusion, register_dynamics
 from pinn_engine.segmentation import Label
@@ -92,6 +100,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
     ``prebolus``: a pre-bolus series of the same study; the arterial input comes from it
     when it covers the AIF slice (otherwise the job says why in its flags).
     """
+    require_single_frame_sources(series.sources)
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings = timed.timings
     settings = settings if settings is not None else PerfusionSettings()

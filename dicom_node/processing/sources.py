@@ -64,13 +64,15 @@ class FolderSeries:
         self._study: dict[str, str] = {}
         for f in files:
             try:
-                header = read_headers([f])[0]
+                headers = read_headers([f])  # one per frame of a multi-frame image
             except Exception:  # noqa: BLE001 - not DICOM (a README, truth.npz, ...): not part of any series
                 continue
-            uid = str(header.get("SeriesInstanceUID", ""))
+            if not headers:
+                continue
+            uid = str(headers[0].get("SeriesInstanceUID", ""))
             self._paths.setdefault(uid, []).append(f)
-            self._headers.setdefault(uid, []).append(header)
-            self._study.setdefault(uid, str(header.get("StudyInstanceUID", "")))
+            self._headers.setdefault(uid, []).extend(headers)
+            self._study.setdefault(uid, str(headers[0].get("StudyInstanceUID", "")))
 
     @classmethod
     def scan(cls, folder: Path) -> "FolderSeries":

@@ -25,12 +25,27 @@ from dicom_node.encode import (
     raster_pdf,
 )
 from dicom_node.logs import log_event
+from dicom_node.processing.frames import frame_number
+from dicom_node.processing.load import SeriesError
 from dicom_node.processing.step_processes import REPORT, StepProcesses
 
 LOG = logging.getLogger("dicom_node.processing")
 
 # receives derived objects (kind -> dataset) that are final, to store and send them early
 Deliver = Callable[[dict[str, Dataset]], None]
+
+
+def require_single_frame_sources(sources: Sequence[Dataset]) -> None:
+    """Refuse, with the reason, sources that are frames of Enhanced MR (multi-frame) images.
+
+    They are recognised and loaded (``frames``), but the derived objects reference their
+    sources image by image, and highdicom takes a multi-frame source only alone; until the
+    node writes its own single-frame images for the maps to reference, such a series is
+    stored and served, and its job says why it was not quantified.
+    """
+    if any(frame_number(s) is not None for s in sources):
+        raise SeriesError("Enhanced MR (multi-frame) source images are recognised but cannot be quantified yet: "
+                          "the derived objects cannot reference them; the series is stored and served")
 
 
 @dataclass

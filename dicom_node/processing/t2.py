@@ -31,7 +31,15 @@ from dicom_node.encode import (
 from dicom_node.processing.kinds import SeriesKind
 from dicom_node.processing.load import SeriesError, T2Series
 from dicom_node.processing.step_processes import FIT_AND_DRAW, IN_CALLER, StepProcesses
-from dicom_node.processing.steps import Deliver, DisplayCopies, Outcome, Steps, encode_and_deliver, submit_report
+from dicom_node.processing.steps import (
+    Deliver,
+    DisplayCopies,
+    Outcome,
+    Steps,
+    encode_and_deliver,
+    require_single_frame_sources,
+    submit_report,
+)
 from pinn_engine.aha import assign_aha
 from pinn_engine.segmentation import Label
 from pinn_engine.t2 import EXCLUDE, Flag, fit_t2, merge_fits, region_statistics
@@ -48,6 +56,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     the display copies) while the report is still being built; the outcome lists all objects.
     ``helpers`` run the whole-image fit, the drawing and the SR beside this thread.
     """
+    require_single_frame_sources(series.sources)
     timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
     timings = timed.timings
 
