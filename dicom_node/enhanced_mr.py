@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.filemeta import file_meta_dataset
 
 STYLES = ("siemens-xa", "philips")
 # what a classic image has that an Enhanced MR image keeps in its functional groups
@@ -59,13 +59,7 @@ def to_enhanced_mr(images: Sequence[Dataset], sop_instance_uid: str, *, style: s
     for elem in first:
         if elem.keyword not in _PER_FRAME:
             ds.add(elem)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+    ds.file_meta = file_meta_dataset(EnhancedMRImageStorage, sop_instance_uid, ExplicitVRLittleEndian)
     ds.SOPClassUID = EnhancedMRImageStorage
     ds.SOPInstanceUID = sop_instance_uid
     ds.InstanceNumber = 1

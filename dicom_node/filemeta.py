@@ -50,3 +50,16 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
         *([_element(0x0016, b"AE", _text(source_ae_title))] if source_ae_title and source_ae_title.strip() else []),
     ])
     return PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def file_meta_dataset(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str = "1.2.840.10008.1.2.1"):
+    """The same file meta as a pydicom ``FileMetaDataset``, for files the node writes with pydicom."""
+    from pydicom.dataset import FileMetaDataset  # noqa: PLC0415
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta

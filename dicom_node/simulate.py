@@ -6,11 +6,11 @@ import datetime as _dt
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
 from dicom_node import __version__
-from dicom_node.filemeta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_node.filemeta import file_meta_dataset
 from dicom_node.synthetic import synthetic_uid
 from pinn_engine.perfusion import PerfusionPhantom, perfusion_phantom
 from pinn_engine.phantom import Anatomy, T2Phantom, t2_phantom, with_oedema
@@ -45,12 +45,7 @@ def mr_instance(*, seed: int, patient_id: str, series_number: int, sop_key: tupl
     (``series_key``, taken out, names the series with ``seed``, ``patient_id`` and ``series_number``;
     the rest are keywords set last, so they override the defaults: Manufacturer, ImageType ...)."""
     sop = synthetic_uid(*sop_key)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta = file_meta_dataset(MRImageStorage, sop, ExplicitVRLittleEndian)
     study_start = _dt.datetime(2026, 1, 15, 10, 30, 0)
     ds = Dataset()
     ds.file_meta = meta
