@@ -2,7 +2,9 @@
 
 Jobs live in the index (state pending -> running -> done | failed, attempts, last
 error). A failed attempt is retried with exponential back-off until ``max_attempts``;
-then the job is parked as ``failed`` (dead letter) for ``dicom-node jobs --retry``.
+then the job is parked as ``failed`` (dead letter) for ``dicom-node jobs --retry``. A
+``PermanentJobError`` (the series itself cannot be processed: another attempt would fail
+the same way) parks the job at once, with its reason.
 Jobs found ``running`` at start-up were interrupted by a crash and run again.
 """
 
@@ -22,6 +24,10 @@ from dicom_node.logs import log_event
 LOG = logging.getLogger("dicom_node.jobs")
 
 JobHandler = Callable[[Job], str]
+
+
+class PermanentJobError(Exception):
+    """A job that cannot succeed by trying again (e.g. a series the engine cannot process)."""
 
 
 # Job threads run this much nicer than the threads receiving instances (an arriving
@@ -68,7 +74,8 @@ class JobRunner:
             result = handler(job)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            retry_at = time.time() + self.backoff(job.attempts) if job.attempts < job.max_attempts else None
+            final = isinstance(exc, PermanentJobError) or job.attempts >= job.max_attempts
+            retry_at = None if final else time.time() + self.backoff(job.attempts)
             state = self.index.fail_job(job.id, error, retry_at)
             log_event(
                 LOG,

@@ -236,3 +236,23 @@ def test_the_report_lane_outranks_the_drawing_lane():
     assert len(pids) == 2 and os.getpid() not in pids  # two helper processes, not the caller
     assert nice == [base + LANE_NICE[FIT_AND_DRAW], base + LANE_NICE[REPORT]]
     assert LANE_NICE[FIT_AND_DRAW] > LANE_NICE[REPORT]
+
+
+def test_a_series_the_engine_cannot_process_is_parked_at_once_with_its_reason(index_with_job):
+    import threading
+
+    from dicom_node.processing import SeriesError
+
+    index, job_id = index_with_job(max_attempts=3)
+
+    def cannot(job):
+        raise SeriesError("no myocardium found in any slice: nothing to quantify")
+
+    runner = JobRunner(index, Config(jobs=JobsSection(retry_backoff_s=0.0), series=SeriesSection()),
+                       {"forward": cannot}, threading.Event())
+    runner.run_one()
+    job = index.get_job(job_id)
+    assert (job.state, job.attempts) == ("failed", 1)  # trying again would fail the same way
+    assert "no myocardium found" in job.last_error
+    assert runner.run_one() is None
+    index.close()

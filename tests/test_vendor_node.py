@@ -26,7 +26,6 @@ stable_seconds = 0.5
 check_interval_s = 0.1
 [jobs]
 poll_interval_s = 0.1
-max_attempts = 1
 [engine]
 preload = false
 t2_method = "nlls"

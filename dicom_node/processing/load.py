@@ -12,13 +12,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_node.jobs import PermanentJobError
 from dicom_node.processing.classification import preparation_times, slice_key
 from dicom_node.processing.frames import frame_number, frame_pixels, frame_views_of
 from pinn_engine.aha import SliceGeometry
 
 
-class SeriesError(ValueError):
-    """The series cannot be processed as it is; the message says why."""
+class SeriesError(PermanentJobError, ValueError):
+    """The series cannot be processed as it is; the message says why (its job is not retried)."""
 
 
 @dataclass
