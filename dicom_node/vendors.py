@@ -58,7 +58,6 @@ MOLLI_TI_MS = (100.0, 180.0, 1100.0, 1180.0, 2100.0, 2180.0, 3100.0, 4100.0)  # 
 T1_MS = {Tissue.AIR: 1.0, Tissue.BODY: 900.0, Tissue.FAT: 260.0, Tissue.LUNG: 1100.0, Tissue.LIVER: 580.0,
          Tissue.SPINE: 800.0, Tissue.LV_BLOOD: 1550.0, Tissue.MYOCARDIUM: 1000.0, Tissue.OEDEMA: 1150.0,
          Tissue.RV_BLOOD: 1550.0, Tissue.RV_WALL: 1000.0, Tissue.PAPILLARY: 1000.0, Tissue.PERICARDIAL_FAT: 260.0}
-LEVEL_NAMES = ("base", "mid", "apex")
 STUDY_START = _dt.datetime(2026, 1, 15, 10, 30, 0)
 
 

@@ -16,6 +16,18 @@ from typing import Sequence
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
+# a node that completes series within a second and processes T2 with the fast reference fit; it
+# ends inside the [engine] table, so more [engine] keys may follow
+QUICK_T2_NODE_TOML = """[series]
+stable_seconds = 0.5
+check_interval_s = 0.1
+[jobs]
+poll_interval_s = 0.1
+[engine]
+preload = false
+t2_method = "nlls"
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 
 from dicom_node.simulate import simulate_perfusion, simulate_t2
-from tests.helpers import NodeProcess, run
+from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, run
 
 # when an object was made: the only attributes allowed to differ between two runs
 WHEN_MADE = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime", "SeriesDate",
@@ -26,15 +26,7 @@ WHEN_MADE = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCrea
              "TimeOfSecondaryCapture"}
 _PDF_DATES = re.compile(rb"/(CreationDate|ModDate)\s*\([^)]*\)")
 
-CONFIG = """[series]
-stable_seconds = 0.5
-check_interval_s = 0.1
-[jobs]
-poll_interval_s = 0.1
-[engine]
-preload = false
-t2_method = "nlls"
-confidence = 0.9
+CONFIG = QUICK_T2_NODE_TOML + """confidence = 0.9
 perfusion_method = "nlls"
 hematocrit = 0.42
 [[classify]]

@@ -19,17 +19,8 @@ from dicom_node.processing import load_t2_series
 from dicom_node.vendors import simulate_vendor_t2
 from pinn_engine.aha import assign_aha
 from pinn_engine.segmentation import Label
-from tests.helpers import NodeProcess, run
+from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, run
 
-CONFIG = """[series]
-stable_seconds = 0.5
-check_interval_s = 0.1
-[jobs]
-poll_interval_s = 0.1
-[engine]
-preload = false
-t2_method = "nlls"
-"""
 # series description -> (classification, job state) the node must reach
 EXPECTED = {
     "siemens": {"T2Map": ("t2", "done"), "T2Map_MOCO": ("t2", "done"), "T2Map_MOCO_T2": ("other", None),
@@ -61,7 +52,7 @@ def test_vendor_studies_through_the_node(tmp_path, dcmtk):
         for folder in studies[vendor]:
             header = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
             expected[folder] = (str(header.SeriesInstanceUID), *EXPECTED[vendor][str(header.SeriesDescription)])
-    node = NodeProcess(tmp_path / "node", extra_toml=CONFIG).start()
+    node = NodeProcess(tmp_path / "node", extra_toml=QUICK_T2_NODE_TOML).start()
     try:
         pushed = 0
         for folders in studies.values():

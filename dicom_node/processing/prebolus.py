@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from dicom_node.logs import log_event
 from dicom_node.processing.classification import Rule, classify
 from dicom_node.processing.kinds import SeriesKind
-from dicom_node.processing.load import PerfusionSeries, SeriesError, frame_time_s, load_perfusion_series, read_headers
+from dicom_node.processing.load import PerfusionSeries, SeriesError, frame_time_s, load_perfusion_series
 from dicom_node.processing.sources import SeriesSource
 
 LOG = logging.getLogger("dicom_node.processing.prebolus")
@@ -74,7 +74,7 @@ def find_prebolus(source: SeriesSource, series_uid: str, series: PerfusionSeries
     candidates = []
     for uid, paths in source.study_series(series_uid).items():
         try:
-            headers = read_headers(paths)
+            headers = source.series_headers(uid)  # a folder source has them already
         except Exception:  # noqa: BLE001 - an unreadable series is simply not a candidate
             continue
         if classify(headers, rules).kind != SeriesKind.PREBOLUS:

@@ -23,7 +23,7 @@ from dicom_node.logs import log_event
 from dicom_node.processing.classification import Classification, Rule, classify, is_own_result
 from dicom_node.processing.delivery import Delivery, Destinations, NodeDelivery, stored_series
 from dicom_node.processing.kinds import QUANTIFIED, JobKind, SeriesKind
-from dicom_node.processing.load import SeriesError
+from dicom_node.processing.load import SeriesError, load_perfusion_series, load_t2_series
 from dicom_node.processing.sources import SeriesSource, StoredSeries
 from dicom_node.processing.step_processes import StepProcesses
 from dicom_node.processing.steps import Deliver, Outcome
@@ -45,12 +45,6 @@ class Pipeline:
 
 
 # The pipelines import the engine and the encoders (seconds): only when a series needs them.
-def _load_t2(paths: Sequence[Path]):
-    from dicom_node.processing.load import load_t2_series  # noqa: PLC0415
-
-    return load_t2_series(paths)
-
-
 def _run_t2(p: "Processor", series_uid: str, series, source: SeriesSource, deliver: Deliver,
             progress: Progress | None) -> Outcome:
     from dicom_node.processing.t2 import process_t2  # noqa: PLC0415
@@ -58,12 +52,6 @@ def _run_t2(p: "Processor", series_uid: str, series, source: SeriesSource, deliv
     engine = p.config.engine
     return process_t2(series, method=engine.t2_method, confidence=engine.confidence, segmenter=p.segmenter(),
                       progress=progress, deliver=deliver, helpers=p.helpers)
-
-
-def _load_perfusion(paths: Sequence[Path]):
-    from dicom_node.processing.load import load_perfusion_series  # noqa: PLC0415
-
-    return load_perfusion_series(paths)
 
 
 def _run_perfusion(p: "Processor", series_uid: str, series, source: SeriesSource, deliver: Deliver,
@@ -81,10 +69,10 @@ def _run_perfusion(p: "Processor", series_uid: str, series, source: SeriesSource
 
 
 PIPELINES: dict[SeriesKind, Pipeline] = {
-    SeriesKind.T2: Pipeline(_load_t2, _run_t2, "t2.processed",
+    SeriesKind.T2: Pipeline(load_t2_series, _run_t2, "t2.processed",
                             lambda s: {"global_t2_ms": s["global"]["t2_ms"]},
                             ("segment", "fit", "aha", "encode", "display", "report")),
-    SeriesKind.PERFUSION: Pipeline(_load_perfusion, _run_perfusion, "perfusion.processed",
+    SeriesKind.PERFUSION: Pipeline(load_perfusion_series, _run_perfusion, "perfusion.processed",
                                    lambda s: {"global_mbf_ml_min_g": s["global"]["mbf_ml_min_g"]},
                                    ("segment", "register", "segment_registered", "aha", "prebolus", "fit",
                                     "encode", "display", "report")),
