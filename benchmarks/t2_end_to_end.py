@@ -48,7 +48,8 @@ def one_run(work: Path, series_dir: Path, method: str, before_push=None) -> dict
     node = NodeProcess(work / "node", preload=True)
     orthanc = OrthancProcess(work / "orthanc", node_port=node.port, stable_age=ORTHANC_STABLE_S).start()
     node.config_path.write_text(
-        node.config_path.read_text() + f"[series]\nstable_seconds = {NODE_STABLE_S}\ncheck_interval_s = 0.1\n"
+        node.config_path.read_text()
+        + f"[series]\nstable_seconds = {NODE_STABLE_S}\ncheck_interval_s = 0.1\nstack_seconds = 0\n"
         + orthanc.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n'
         + f'[engine]\nt2_method = "{method}"\n[jobs]\npoll_interval_s = 0.1\n')
     node.start()

@@ -189,31 +189,46 @@ def _cmd_process(args: argparse.Namespace) -> int:
     progress("classify")
     processor = Processor(config)
     kinds = {uid: processor.classify(folder.series_headers(uid)) for uid in folder.series_uids}
-    main_uids = [uid for uid, k in kinds.items() if k.kind != SeriesKind.PREBOLUS]
-    if len(main_uids) != 1:
-        print(f"\ndicom-node process: the folder holds {len(main_uids)} series besides pre-bolus series; give it "
-              "one (a perfusion series may come with its pre-bolus series)", file=sys.stderr)
+    # the folder may hold a whole study: the series processed are the quantified kinds' (T2 series
+    # of one study make its stack(s), a perfusion series takes its pre-bolus along); the rest is listed
+    main_uids = [uid for uid, k in kinds.items() if k.kind in PIPELINES]
+    for uid, k in kinds.items():
+        if uid not in main_uids and k.kind != SeriesKind.PREBOLUS:
+            print(f"\n  not processed: series {uid} is '{k.kind}' ({k.reason})", end="", file=sys.stderr)
+    if not main_uids:
+        print(f"\ndicom-node process: no series to process; {' and '.join(str(k) for k in PIPELINES)} series "
+              "are processed", file=sys.stderr)
+        return 1
+    if len({kinds[uid].kind for uid in main_uids}) > 1 or (kinds[main_uids[0]].kind != SeriesKind.T2
+                                                           and len(main_uids) > 1):
+        print(f"\ndicom-node process: the folder holds {len(main_uids)} series to process of "
+              f"{len({kinds[uid].kind for uid in main_uids})} kinds; give it one perfusion series (with its "
+              "pre-bolus series) or the T2 series of one study", file=sys.stderr)
         return 1
     uid = main_uids[0]
     kind = kinds[uid]
-    if kind.kind not in PIPELINES:
-        print(f"\ndicom-node process: series is '{kind.kind}' ({kind.reason}); "
-              f"{' and '.join(str(k) for k in PIPELINES)} series are processed", file=sys.stderr)
-        return 1
     steps += [*PIPELINES[kind.kind].steps, "write"]
-    delivery = FolderDelivery(Path(args.out))
+    out = Path(args.out)
+    subjects: list[str] = []
+
+    def delivery_for(subject: str) -> FolderDelivery:
+        """The first stack (or series) into ``out``, any further one into ``out/<its UID>``."""
+        subjects.append(subject)
+        return FolderDelivery(out if len(subjects) == 1 else out / subject)
+
     processor.start()  # the helpers warm up while the series loads and the engine runs
     try:
-        processor.process(kind.kind, uid, folder, delivery, progress)
+        processor.process(kind.kind, uid, folder, delivery_for, progress)
     except SeriesError as exc:
         print(f"\ndicom-node process: cannot process this series: {exc}", file=sys.stderr)
         return 1
     finally:
         processor.stop()
     progress("write")
-    summary = json.loads((delivery.out / "summary.json").read_text())
-    print(f"\nwrote {len(summary['derived'])} derived objects, summary.json and pictures to {delivery.out} "
-          f"in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\nwrote {len(summary['derived'])} derived objects, summary.json and pictures to {out} "
+          f"in {time.monotonic() - t0:.1f} s" + (f" (and {len(subjects) - 1} further stack(s) in sub-folders)"
+                                                if len(subjects) > 1 else ""), file=sys.stderr)
     g = summary["global"]
     if kind.kind == SeriesKind.T2:
         print(f"LV myocardium T2 {g['t2_ms']:.1f} ± {g['t2_bound_ms']:.2f} ms (SD {g['t2_sd_ms']:.1f}, "

@@ -63,6 +63,9 @@ class NodeSection:
 class SeriesSection:
     stable_seconds: float = 10.0
     check_interval_s: float = 1.0
+    # a study's T2 stack is processed once no further T2 series of the study has completed for
+    # this long (one series per breath-hold arrives over minutes); a later one re-processes it
+    stack_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,8 @@ def parse_config(raw: dict[str, Any]) -> Config:
     series: SeriesSection = sections.get("series", SeriesSection())
     if series.stable_seconds <= 0:
         raise ConfigError(f"[series] stable_seconds must be > 0, got {series.stable_seconds}")
+    if series.stack_seconds < 0:
+        raise ConfigError(f"[series] stack_seconds must be >= 0, got {series.stack_seconds}")
 
     destinations: list[Destination] = []
     for d in _table_array(raw, "destinations", Destination):

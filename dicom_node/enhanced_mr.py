@@ -6,8 +6,11 @@ frame comments and rescale of each image go into its per-frame functional groups
 orientation and pixel spacing into the shared ones, with a dimension organization (stack
 position, then echo). ``style="siemens-xa"`` keeps the preparation time in Frame Comments
 (``T2 prep. duration = N ms``) with the constant bSSFP readout TE as Effective Echo Time;
-``style="philips"`` stores each frame scaled by its own Rescale Slope (the real values are
-unchanged) with the echo time as Effective Echo Time.
+``style="philips"`` stores each frame scaled as Philips does, with the echo time as Effective
+Echo Time: each frame has its own Rescale Slope RS and its own private MR Scale Slope SS
+(2005,100E) (``PHILIPS_MR_CREATOR``, in the frame's private item (2005,140F)), and the stored
+values SV are the image's values times SS, so that Philips' floating-point value FP = DV / (RS * SS)
+(DV = SV * RS the displayed value) is the image's value and the displayed value is not.
 """
 
 from __future__ import annotations
@@ -31,6 +34,24 @@ _PER_FRAME = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
               "ImagingFrequency", "ImagedNucleus", "EchoTrainLength", "FlipAngle")
 # the constant readout echo time of a T2-prepared bSSFP sequence, ms
 READOUT_TE_MS = 1.07
+# Philips' private blocks in group 2005: the MR Scale Slope is (2005,xx0E) of DD 001; a frame's
+# functional groups hold Philips' own frame items in (2005,xx0F) of DD 005, block (2005,14xx)
+PHILIPS_MR_CREATOR = "Philips MR Imaging DD 001"
+PHILIPS_FRAME_CREATOR = "Philips MR Imaging DD 005"
+
+
+def philips_slopes(k: int) -> tuple[float, float]:
+    """(Rescale Slope, MR Scale Slope) of frame ``k`` (0-based) of a ``philips`` instance: both
+    vary between frames, and binary fractions (exact as DS text and FL) >= 0.75."""
+    return 1.0 + 0.25 * (k % 4), 0.75 + 0.5 * (k % 5)
+
+
+def _philips_frame_items(groups: Dataset, scale_slope: float) -> None:
+    """Philips' private frame item (2005,140F) in a frame's ``groups``, with its MR Scale Slope."""
+    groups.add_new(0x20050014, "LO", PHILIPS_FRAME_CREATOR)  # Philips reserves block 14 for DD 005
+    item = Dataset()
+    item.private_block(0x2005, PHILIPS_MR_CREATOR, create=True).add_new(0x0E, "FL", scale_slope)
+    groups.private_block(0x2005, PHILIPS_FRAME_CREATOR).add_new(0x0F, "SQ", [item])
 
 
 def _item(**values) -> Dataset:
@@ -156,8 +177,9 @@ def to_enhanced_mr(images: Sequence[Dataset], sop_instance_uid: str, *, style: s
     for k, image in enumerate(images):
         values = image.pixel_array.astype(np.float64) * float(image.get("RescaleSlope", 1) or 1) + float(
             image.get("RescaleIntercept", 0) or 0)
-        slope = 1.0 + 0.25 * (k % 4) if style == "philips" else 1.0  # Philips scales each frame its own way
-        frames.append(np.clip(np.round(values / slope), 0, 65535).astype(np.uint16))
+        # Philips scales each frame its own way: FP = SV * RS / (RS * SS) = SV / SS is the image's value
+        slope, scale_slope = philips_slopes(k) if style == "philips" else (1.0, 1.0)
+        frames.append(np.clip(np.round(values * scale_slope), 0, 65535).astype(np.uint16))
         when = f"{image.get('AcquisitionDate', first.get('StudyDate', ''))}{image.get('AcquisitionTime', '')}"
         content = _item(
             FrameAcquisitionDateTime=when, FrameReferenceDateTime=when, FrameAcquisitionDuration=180.0,
@@ -178,6 +200,8 @@ def to_enhanced_mr(images: Sequence[Dataset], sop_instance_uid: str, *, style: s
             PixelValueTransformationSequence=[_item(RescaleSlope=f"{slope:g}", RescaleIntercept="0",
                                                     RescaleType="US")],
         )
+        if style == "philips":
+            _philips_frame_items(groups, scale_slope)
         per_frame.append(groups)
     ds.PerFrameFunctionalGroupsSequence = per_frame
     ds.Rows, ds.Columns = frames[0].shape

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from dicom_node.instance import InstanceInfo
 
@@ -305,8 +305,13 @@ class Index:
         row = self.reader.execute("SELECT MIN(last_received_at) FROM series WHERE state = 'open'").fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def complete_series(self, series_uid: str, before: float, job_kind: str | None, max_attempts: int) -> int | None:
+    def complete_series(self, series_uid: str, before: float, job_kind: str | None, max_attempts: int,
+                        study_delay_s: float | None = None) -> int | None:
         """Mark a still-idle series complete and enqueue its job (if any) atomically.
+
+        ``study_delay_s`` (not None) makes the job one of the study, due that long after the
+        last of its series completed: a pending, never started job of the same kind and study
+        takes this series instead of a new job being queued, and waits again.
 
         Returns the job id, ``NO_JOB`` (0) when completed without a job, or None when a new
         instance arrived meanwhile (not completed).
@@ -324,10 +329,20 @@ class Index:
             )
             if job_kind is None:
                 return NO_JOB
+            not_before = 0.0 if study_delay_s is None else now + study_delay_s
+            if study_delay_s is not None:
+                waiting = conn.execute(
+                    "SELECT id FROM jobs WHERE kind = ? AND study_uid = ? AND state = 'pending' AND attempts = 0"
+                    " ORDER BY id DESC LIMIT 1", (job_kind, row[0]),
+                ).fetchone()
+                if waiting is not None:
+                    conn.execute("UPDATE jobs SET series_uid = ?, not_before = ?, updated_at = ? WHERE id = ?",
+                                 (series_uid, not_before, now, waiting[0]))
+                    return int(waiting[0])
             cur = conn.execute(
-                "INSERT INTO jobs(kind, series_uid, study_uid, state, max_attempts, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                (job_kind, series_uid, row[0], max_attempts, now, now),
+                "INSERT INTO jobs(kind, series_uid, study_uid, state, max_attempts, created_at, updated_at,"
+                " not_before) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (job_kind, series_uid, row[0], max_attempts, now, now, not_before),
             )
             return int(cur.lastrowid)
 
@@ -341,12 +356,22 @@ class Index:
         " created_at, updated_at, not_before"
     )
 
-    def claim_job(self, now: float | None = None) -> Job | None:
-        """Take the oldest runnable pending job: state -> running, attempts + 1."""
+    def claim_job(self, now: float | None = None, one_per_study: Sequence[str] = ()) -> Job | None:
+        """Take the oldest runnable pending job: state -> running, attempts + 1.
+
+        A job of a kind in ``one_per_study`` waits while one of the same kind and study runs
+        (a later one must not finish first and be overwritten by an older state of the study).
+        """
         now = time.time() if now is None else now
+        serial = list(one_per_study)
+        guard = ""
+        if serial:
+            guard = (f" AND NOT (kind IN ({', '.join('?' * len(serial))}) AND EXISTS (SELECT 1 FROM jobs r"
+                     " WHERE r.state = 'running' AND r.kind = jobs.kind AND r.study_uid = jobs.study_uid))")
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = 'pending' AND not_before <= ? ORDER BY id LIMIT 1", (now,)
+                f"SELECT id FROM jobs WHERE state = 'pending' AND not_before <= ?{guard} ORDER BY id LIMIT 1",
+                (now, *serial),
             ).fetchone()
             if row is None:
                 return None

@@ -48,8 +48,10 @@ def _lower_thread_priority(nice: int) -> None:
 
 
 class JobRunner:
-    def __init__(self, index: Index, config: Config, handlers: dict[str, JobHandler], wakeup: threading.Event) -> None:
+    def __init__(self, index: Index, config: Config, handlers: dict[str, JobHandler], wakeup: threading.Event,
+                 one_per_study: tuple[str, ...] = ()) -> None:
         self.index = index
+        self.one_per_study = one_per_study  # job kinds of which one runs per study at a time
         self.config = config
         self.handlers = handlers
         self.wakeup = wakeup
@@ -62,7 +64,7 @@ class JobRunner:
 
     def run_one(self) -> Job | None:
         """Claim and run one job; return it (as claimed) or None if none was due."""
-        job = self.index.claim_job()
+        job = self.index.claim_job(one_per_study=self.one_per_study)
         if job is None:
             return None
         handler = self.handlers.get(job.kind)

@@ -21,7 +21,7 @@ from dicom_node.logs import log_event
 from dicom_node.processing import Destinations, Processor, StoredSeries, job_handlers
 from dicom_node.scp import NodeSCP
 from dicom_node.send import StorageSender
-from dicom_node.series import SeriesTracker
+from dicom_node.series import STUDY_JOBS, SeriesTracker
 from dicom_node.store import InstanceStore
 
 LOG = logging.getLogger("dicom_node.node")
@@ -46,7 +46,7 @@ class Node:
                                                                self._client_tls(config)), self.audit)
         self.tracker = SeriesTracker(self.index, config, lambda uid: self.processor.job_kind(self.stored, uid))
         self.jobs = JobRunner(self.index, config, job_handlers(self.processor, self.stored, self.destinations),
-                              self.tracker.wakeup)
+                              self.tracker.wakeup, tuple(str(k) for k in STUDY_JOBS))
         self.health = None
         self._stopped = threading.Event()
 

@@ -3,7 +3,9 @@
 Completion and the job it creates are one transaction, so a crash cannot complete a
 series without queueing its work. A later instance re-opens the series (the index does
 that on insert) and its next completion queues new work. What work a series gets is
-decided by ``job_kind_for`` (the node's processing classifies the stored headers).
+decided by ``job_kind_for`` (the node's processing classifies the stored headers). A T2
+series belongs to its study's stack: its completion queues (or postpones) one job for the
+study, due ``stack_seconds`` after the last T2 series of the study completed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dicom_node.config import Config
 from dicom_node.index import NO_JOB, Index
 from dicom_node.logs import log_event
 from dicom_node.processing import JobKind
+
+STUDY_JOBS = (JobKind.T2,)  # job kinds that process a study's stack(s), not one series
 
 LOG = logging.getLogger("dicom_node.series")
 
@@ -43,8 +47,11 @@ class SeriesTracker:
         jobs = []
         for series_uid in self.index.open_series_idle_since(before):
             kind = self.job_kind_for(series_uid)
+            # a T2 series is part of its study's stack: one job for the study, due once no further
+            # T2 series has completed for stack_seconds
+            study_delay = self.config.series.stack_seconds if kind in STUDY_JOBS else None
             job_id = self.index.complete_series(series_uid, before, None if kind is None else str(kind),
-                                                 self.config.jobs.max_attempts)
+                                                 self.config.jobs.max_attempts, study_delay)
             if job_id is None:  # a new instance arrived meanwhile
                 continue
             if job_id != NO_JOB:

@@ -20,8 +20,10 @@ and where it puts the preparation time:
   preparation time in each frame's Frame Comments, the readout TE as Effective Echo Time);
   the scanner's T2 map and the MOLLI series stay classic images here.
 - ``philips``: the multi-echo series (every slice and echo time) as one Enhanced MR instance
-  with each frame scaled by its own Rescale Slope, and the scanner's T2 map, marked ORIGINAL
-  as Philips does (ImageType ORIGINAL\\PRIMARY\\T2 MAP\\T2, description ending ``_T2``).
+  with each frame scaled by its own Rescale Slope and private MR Scale Slope (2005,100E) (the
+  images' values are Philips' floating-point values, not the displayed ones), and the scanner's
+  T2 map, marked ORIGINAL as Philips does (ImageType ORIGINAL\\PRIMARY\\T2 MAP\\T2,
+  description ending ``_T2``).
 
 One sub-folder per series (``<series number>_<description>``), ``truth.npz`` beside them
 (``simulate_t2``'s, plus ``vendor``). Instances are valid MR Image Storage objects with unique
@@ -240,7 +242,8 @@ def write_siemens_xa_t2_study(phantom: T2Phantom, out: Path, seed: int, *, patie
 
 def write_philips_t2_study(phantom: T2Phantom, out: Path, seed: int, *, patient_id: str = "PHILIPS01",
                            t2_map: bool = True) -> dict[str, list[Path]]:
-    """Philips: the multi-echo series as one Enhanced MR instance (frames scaled), and the scanner's T2 map."""
+    """Philips: the multi-echo series as one Enhanced MR instance (each frame with its own Rescale Slope and
+    MR Scale Slope), and the scanner's T2 map."""
     written = write_ge_t2_series(phantom, out, seed, patient_id=patient_id, series_number=801)
     (name, _), = written.items()
     written[name] = [_as_enhanced(out / name, "philips", None, seed, patient_id, name)]

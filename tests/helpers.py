@@ -21,6 +21,7 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 QUICK_T2_NODE_TOML = """[series]
 stable_seconds = 0.5
 check_interval_s = 0.1
+stack_seconds = 0
 [jobs]
 poll_interval_s = 0.1
 [engine]
@@ -270,3 +271,17 @@ def store_dataset(store, ds):
     meta, body = encode_parts(ds)
     info = parse_instance(body, str(ds.file_meta.TransferSyntaxUID))
     return info, store.put(info, meta, body, "TEST"), meta + body
+
+
+def results_folder(storage: Path, series_uid: str) -> Path:
+    """The node's results folder of a job that used ``series_uid``: ``results/<series UID>`` for a
+    series processed alone (perfusion), ``results/<stack UID>`` for a T2 stack listing it."""
+    import json  # noqa: PLC0415
+
+    direct = Path(storage) / "results" / series_uid
+    if direct.is_dir():
+        return direct
+    for summary in sorted((Path(storage) / "results").glob("*/summary.json")):
+        if series_uid in json.loads(summary.read_text()).get("stack", {}).get("source_series", []):
+            return summary.parent
+    raise FileNotFoundError(f"no results folder lists series {series_uid}")

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from dicom_node.simulate import simulate_t2
-from tests.helpers import NodeProcess, run
+from tests.helpers import NodeProcess, results_folder, run
 from tests.orthanc import OrthancProcess
 
 
@@ -30,7 +30,7 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
     node = NodeProcess(tmp_path / "node", preload=True)
     orthanc = OrthancProcess(tmp_path / "orthanc", node_port=node.port).start()
     node.config_path.write_text(node.config_path.read_text()
-                                + "[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\n"
+                                + "[series]\nstable_seconds = 1.0\ncheck_interval_s = 0.2\nstack_seconds = 0\n"
                                 + orthanc.destination_toml() + '[routing]\nsend_results_to = ["pacs"]\n')
     node.start()
     try:
@@ -70,8 +70,9 @@ def test_t2_series_round_trip_through_a_pacs(tmp_path, dcmtk):
 
         # the node's summary.json and the SR in Orthanc agree
         source_series = str(pydicom.dcmread(next(sim.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID)
-        summary = json.loads((node.storage / "results" / source_series / "summary.json").read_text())
-        picture = node.storage / "results" / source_series / "t2_display.png"  # written just after the send
+        results = results_folder(node.storage, source_series)
+        summary = json.loads((results / "summary.json").read_text())
+        picture = results / "t2_display.png"  # written just after the send
         deadline = time.monotonic() + 30
         while not picture.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

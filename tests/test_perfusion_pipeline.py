@@ -96,12 +96,13 @@ def test_a_flat_topped_arterial_input_is_rebuilt_from_its_early_frames(shape):
 @pytest.mark.slow
 def test_perfusion_objects_are_valid_dicom(perfusion):
     _, series, outcome, out = perfusion
-    assert set(outcome.objects) == {"mbf", "vp", "ve", "ps", "seg", "sr", "sc", "pdf"}
+    backgrounds = {f"background-{k + 1}" for k in range(len(series.sources))}  # one per slice: what the maps overlay
+    assert set(outcome.objects) == {"mbf", "vp", "ve", "ps", "seg", "sr", "sc", "pdf", *backgrounds}
     study = series.sources[0].StudyInstanceUID
     assert all(ds.StudyInstanceUID == study for ds in outcome.objects.values())
     if shutil.which("dciodvfy") is None:
         pytest.fail("dciodvfy (dicom3tools) is needed; scripts/bootstrap.sh installs it")
-    for name in ("mbf", "vp", "seg", "sr", "sc", "pdf"):
+    for name in ("mbf", "vp", "seg", "sr", "sc", "pdf", "background-1"):
         path = out / f"{name}.dcm"
         outcome.objects[name].save_as(path, enforce_file_format=True)
         report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True).stderr
@@ -130,7 +131,7 @@ def test_node_runs_a_perfusion_job_and_sends_the_results(node_factory, storescp_
     run(["storescu", "-aec", node.ae_title, "127.0.0.1", node.port, *files], check=True)
     done = "SELECT COUNT(*) FROM jobs WHERE kind = 'perfusion' AND state = 'done'"
     assert wait_for(lambda: node.index_count(done) == 1, timeout=240), node.output.read_text()[-3000:]
-    assert wait_for(lambda: len(dest.received_sop_uids()) == 8, timeout=30)
+    assert wait_for(lambda: len(dest.received_sop_uids()) == 8 + 3, timeout=30)  # + a background image per slice
     assert node.events("perfusion.processed")
 
 
@@ -198,6 +199,8 @@ def test_process_takes_the_arterial_input_from_a_pre_bolus_series_beside_it(tmp_
 
 
 def test_the_node_pairs_a_perfusion_series_with_the_pre_bolus_of_its_study(tmp_path):
+    import time
+
     import pydicom
 
     from dicom_node.config import Config, NodeSection
@@ -214,6 +217,8 @@ def test_the_node_pairs_a_perfusion_series_with_the_pre_bolus_of_its_study(tmp_p
     main_paths = sorted(sim.glob("*.dcm"))
     for path in [*main_paths, *sorted((sim / "prebolus").glob("*.dcm"))]:
         store_derived(store, pydicom.dcmread(path), "PINN_NODE")
+    for uid in index.open_series_idle_since(time.time() + 1):  # only complete series take part
+        index.complete_series(uid, time.time() + 1, None, 1)
     series = load_perfusion_series(main_paths)
     main_uid = str(series.sources[0].SeriesInstanceUID)
     processor = Processor(config)
@@ -229,6 +234,8 @@ def test_the_node_pairs_a_perfusion_series_with_the_pre_bolus_of_its_study(tmp_p
         ds = pydicom.dcmread(store.abspath(inst.path))
         del ds.ContrastBolusVolume
         store_derived(store, ds, "PINN_NODE")
+    for uid in index.open_series_idle_since(time.time() + 1):  # replaced instances re-opened their series
+        index.complete_series(uid, time.time() + 1, None, 1)
     assert find_prebolus(stored, main_uid, load_perfusion_series(main_paths), processor.rules, 0.0) is None
     found = find_prebolus(stored, main_uid, load_perfusion_series(main_paths), processor.rules, 8.0)
     assert found is not None and (found.dose_ratio, found.dose_source) == (8.0, "[engine] prebolus_dose_ratio")

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from dicom_node.cli import build_parser, main
+from dicom_node.enhanced_mr import philips_slopes
 from dicom_node.processing import SeriesError, classify, load_t2_series, slice_key
 from dicom_node.processing.classification import (
     CSA_SOURCE,
@@ -19,7 +20,10 @@ from dicom_node.processing.classification import (
     preparation_time_text,
     preparation_times,
 )
+from dicom_node.processing.frames import frame_pixels, frame_views, mr_scale_slope
 from dicom_node.vendors import simulate_vendor_t2
+from pinn_engine.segmentation import Label
+from pinn_engine.t2 import fit_t2
 
 TE = [0.0, 35.0, 55.0]
 SIEMENS_T2 = "1 slice position x 3 preparation times (ImageComments 'T2 prep. duration')"
@@ -55,6 +59,14 @@ def siemens_old(tmp_path_factory):
 def ge(tmp_path_factory):
     out = tmp_path_factory.mktemp("ge")
     _, written = simulate_vendor_t2(out, "ge", seed=7, matrix=64)
+    return out, written
+
+
+@pytest.fixture(scope="module")
+def philips(tmp_path_factory):
+    """The ``ge`` fixture's phantom (same seed) as Philips sends it: one Enhanced MR instance."""
+    out = tmp_path_factory.mktemp("philips")
+    _, written = simulate_vendor_t2(out, "philips", seed=7, matrix=64)
     return out, written
 
 
@@ -138,6 +150,49 @@ def test_ge_series_is_echo_fastest_and_a_t2_source(ge):
     assert series.images.shape == (3, 3, 64, 64) and list(series.te_ms) == TE
     truth = np.load(out / "truth.npz")
     assert np.allclose(series.images[:, 0].mean(axis=(1, 2)), truth["m0"].mean(axis=(1, 2)), rtol=0.2)
+
+
+def _philips_source(philips) -> list:
+    _, written = philips
+    (paths,) = [paths for folder, paths in written.items() if not folder.endswith("_T2")]  # not the T2 map
+    return paths
+
+
+def test_philips_frames_carry_their_own_mr_scale_slope(philips):
+    (path,) = _philips_source(philips)
+    ds = pydicom.dcmread(path)
+    views = frame_views(ds)
+    assert len(views) == 9
+    scales = [mr_scale_slope(v) for v in views]
+    assert scales == [philips_slopes(k)[1] for k in range(9)] and len(set(scales)) > 1
+    for groups, scale in zip(ds.PerFrameFunctionalGroupsSequence, scales, strict=True):  # where Philips has it
+        (item,) = groups[0x2005140F].value
+        assert groups[0x20050014].value == "Philips MR Imaging DD 005"
+        assert item[0x20050010].value == "Philips MR Imaging DD 001" and item[0x2005100E].VR == "FL"
+        assert item[0x2005100E].value == scale
+
+
+def test_philips_enhanced_series_loads_as_the_classic_one_and_fits_the_same_t2(philips, ge):
+    """The frames' floating-point values FP = DV / (RS * SS) are the images' values; their
+    displayed values DV (a reader that ignores the MR Scale Slope) are each frame's own multiple."""
+    _, ge_written = ge
+    ours, theirs = load_t2_series(_philips_source(philips)), load_t2_series(next(iter(ge_written.values())))
+    assert ours.images.shape == theirs.images.shape == (3, 3, 64, 64) and list(ours.te_ms) == TE
+    # stored values are the values times MR Scale Slopes >= 0.75, rounded
+    assert np.abs(ours.images - theirs.images).max() <= 0.5 / 0.75 + 1e-9
+    displayed = np.stack([frame_pixels(v) for v in ours.datasets]).reshape(ours.images.shape)
+    signal = theirs.images > 50
+    factors = {round(float(np.median(displayed[s, e][signal[s, e]] / theirs.images[s, e][signal[s, e]])), 1)
+               for s in range(3) for e in range(3)}
+    assert len(factors) > 2  # RS * SS: per frame wrongly scaled without the scale slope
+    a, b = fit_t2(ours.images, ours.te_ms, method="nlls"), fit_t2(theirs.images, theirs.te_ms, method="nlls")
+    myocardium = (np.load(philips[0] / "truth.npz")["labels"] == Label.MYOCARDIUM) & b.estimated
+    assert myocardium.sum() > 1000 and np.all(a.estimated[myocardium])
+    assert np.median(np.abs(a.t2_ms - b.t2_ms)[myocardium]) < 0.1
+    assert a.t2_ms[myocardium].mean() == pytest.approx(b.t2_ms[myocardium].mean(), abs=0.01)
+    assert a.noise.sigma == pytest.approx(b.noise.sigma, rel=0.01)  # the noise on the images' scale
+    c = fit_t2(displayed, ours.te_ms, method="nlls")  # what ignoring the scale slope would give
+    assert abs(c.t2_ms[myocardium].mean() - b.t2_ms[myocardium].mean()) > 10
 
 
 def test_cli_vendor_option(tmp_path, capsys):

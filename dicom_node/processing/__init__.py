@@ -6,7 +6,10 @@ In the order data flows:
 - ``classification``: a series' kind from its headers, with the configured ``[[classify]]`` rules;
 - ``sources``: where a job's files come from (the node's store, or a folder);
 - ``frames``: Enhanced MR (multi-frame) images as one header view per frame;
-- ``load``: a series' files -> arrays and geometry (``T2Series``, ``PerfusionSeries``);
+- ``load``: a series' (or a T2 stack's) files -> arrays and geometry (``T2Series``,
+  ``PerfusionSeries``);
+- ``stacks``: which T2 series of a study make one stack (one series per breath-hold,
+  motion-corrected copies preferred);
 - ``prebolus``: pairing a perfusion series with its study's pre-bolus series;
 - ``t2``, ``perfusion``: the pipelines; ``steps``: what they share (timed steps, the
   outcome, encoding in the order that keeps both cores busy);
@@ -31,7 +34,8 @@ _EXPORTS = {
     "preparation_time_ms": "classification", "slice_key": "classification",
     "SeriesSource": "sources", "StoredSeries": "sources", "FolderSeries": "sources",
     "SeriesError": "load", "T2Series": "load", "PerfusionSeries": "load", "read_headers": "load",
-    "load_t2_series": "load", "load_perfusion_series": "load", "frame_time_s": "load",
+    "load_t2_series": "load", "load_t2_stack": "load", "stack_uid": "load",
+    "StackPlan": "stacks", "plan_t2_stacks": "stacks", "load_perfusion_series": "load", "frame_time_s": "load",
     "PreBolusSeries": "prebolus", "find_prebolus": "prebolus", "pair_prebolus": "prebolus",
     "process_t2": "t2", "process_perfusion": "perfusion", "Outcome": "steps",
     "StepProcesses": "step_processes",

@@ -8,7 +8,8 @@ into one dataset per frame that carries those values where a classic MR image ha
 classification and loading treat both the same way. A view keeps the instance's SOP
 Instance UID; ``frame_number`` says which frame it is, and ``frame_pixels`` decodes that
 frame with its own Pixel Value Transformation (highdicom). Classic single-frame images are
-their own view.
+their own view. ``mr_scale_slope`` finds Philips' private MR Scale Slope (2005,100E) of an
+image or frame, by which its displayed values are turned into Philips' floating-point ones.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 # (functional group sequence, attribute in it, attribute of a classic MR image)
 _FROM_GROUPS = (
@@ -26,6 +28,9 @@ _FROM_GROUPS = (
     ("PixelMeasuresSequence", "SliceThickness", "SliceThickness"),
     ("PixelMeasuresSequence", "SpacingBetweenSlices", "SpacingBetweenSlices"),
     ("MREchoSequence", "EffectiveEchoTime", "EchoTime"),
+    ("MRTimingAndRelatedParametersSequence", "RepetitionTime", "RepetitionTime"),
+    ("MRTimingAndRelatedParametersSequence", "EchoTrainLength", "EchoTrainLength"),
+    ("MRTimingAndRelatedParametersSequence", "FlipAngle", "FlipAngle"),
     ("MRImageFrameTypeSequence", "FrameType", "ImageType"),
     ("FrameContentSequence", "FrameAcquisitionDateTime", "AcquisitionDateTime"),
     ("FrameContentSequence", "FrameComments", "ImageComments"),
@@ -102,3 +107,62 @@ def frame_pixels(view: Dataset) -> np.ndarray:
         image = hd.Image.from_dataset(parent, copy=False)
         parent._hd_image = image  # decoded once per instance, not once per frame
     return image.get_frame(view.frame_number, apply_modality_transform=True, dtype=np.float64)
+
+
+# Philips' MR Scale Slope SS: its floating-point (quantitative) value is FP = DV / (RS * SS), where
+# DV = SV * RS + RI is the displayed value of the stored value SV (Rescale Slope RS, Intercept RI)
+PHILIPS_MR_CREATOR = "Philips MR Imaging DD 001"  # block (2005,10xx): (2005,xx0E) MR Scale Slope, FL
+PHILIPS_FRAME_CREATOR = "Philips MR Imaging DD 005"  # block (2005,14xx): (2005,xx0F) a frame's private items
+_SCALE_SLOPE = 0x0E
+_FRAME_ITEMS = 0x0F
+
+
+def _private(ds: Dataset, creator: str, offset: int):
+    """The value of the element at ``offset`` in ``creator``'s block of group 2005; None where absent."""
+    try:
+        return ds.private_block(0x2005, creator)[offset].value
+    except (KeyError, ValueError):
+        return None
+
+
+def _own_scale_slope(ds: Dataset) -> float | None:
+    """(2005,xx0E) of ``PHILIPS_MR_CREATOR`` in ``ds`` itself, when it is a number > 0."""
+    value = _private(ds, PHILIPS_MR_CREATOR, _SCALE_SLOPE)
+    if isinstance(value, bytes):  # VR UN (written without a private dictionary): FL, little endian
+        value = np.frombuffer(value, "<f4")[0] if len(value) == 4 else None
+    elif value is not None and not isinstance(value, (int, float, str)):
+        value = value[0] if len(value) else None  # several values (FL is 1): the first
+    try:
+        scale = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return scale if np.isfinite(scale) and scale > 0 else None
+
+
+def _groups_scale_slope(groups: Dataset | None) -> float | None:
+    """The MR Scale Slope in a functional groups item: in the item itself, in its Pixel Value
+    Transformation item, or in Philips' private frame items (2005,140F)."""
+    if groups is None:
+        return None
+    places = [groups, *(groups.get("PixelValueTransformationSequence") or [])[:1]]
+    private_items = _private(groups, PHILIPS_FRAME_CREATOR, _FRAME_ITEMS)
+    if isinstance(private_items, DicomSequence):
+        places += list(private_items)
+    return next((s for s in map(_own_scale_slope, places) if s is not None), None)
+
+
+def mr_scale_slope(view: Dataset) -> float | None:
+    """Philips' MR Scale Slope of a classic image or a frame view; None where there is none, or
+    it is not Philips' (private creator) or not > 0 (then the displayed values are the values).
+
+    A frame's own functional groups come first, then the shared ones, then the instance."""
+    k = frame_number(view)
+    if k is not None:
+        parent = view.parent
+        per_frame = parent.get("PerFrameFunctionalGroupsSequence") or []
+        shared = (parent.get("SharedFunctionalGroupsSequence") or [None])[0]
+        for groups in (per_frame[k - 1] if k <= len(per_frame) else None, shared):
+            scale = _groups_scale_slope(groups)
+            if scale is not None:
+                return scale
+    return _own_scale_slope(view)  # a view carries its instance's top-level elements

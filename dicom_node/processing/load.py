@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.jobs import PermanentJobError
 from dicom_node.processing.classification import preparation_times, slice_key
-from dicom_node.processing.frames import frame_number, frame_pixels, frame_views_of
+from dicom_node.processing.frames import frame_number, frame_pixels, frame_views_of, mr_scale_slope
 from pinn_engine.aha import SliceGeometry
 
 
@@ -30,6 +30,25 @@ class T2Series:
     datasets: list[Dataset]  # every instance used
     geometry: list[SliceGeometry]
     pixel_spacing_mm: tuple[float, float]
+    subject_uid: str = ""  # the stack's identity (``stack_uid``): the derived objects' UIDs come from it
+    notes: list[str] = field(default_factory=list)  # what was left out of the stack, and why
+    series_uids: list[str] = field(default_factory=list)  # the source series used, in stack order
+
+
+def stack_uid(ds: Dataset) -> str:
+    """The identity of a T2 stack: its study, frame of reference and orientation.
+
+    Whatever series of the study make the stack (one, or one per breath-hold, arriving over
+    minutes), processing it again gives the same identity, hence the same derived UIDs: the
+    new results replace the earlier ones.
+    """
+    from pydicom.uid import generate_uid  # noqa: PLC0415
+
+    from dicom_node.encode import UID_ROOT  # noqa: PLC0415
+
+    orientation = ",".join(f"{float(v):.3f}" for v in ds.ImageOrientationPatient)
+    return str(generate_uid(prefix=UID_ROOT, entropy_srcs=["t2-stack", str(ds.get("StudyInstanceUID", "")),
+                                                           str(ds.get("FrameOfReferenceUID", "")), orientation]))
 
 
 def read_headers(paths: Sequence[Path]) -> list[Dataset]:
@@ -37,19 +56,24 @@ def read_headers(paths: Sequence[Path]) -> list[Dataset]:
     return frame_views_of([pydicom.dcmread(p, stop_before_pixels=True) for p in paths])
 
 
+def _grid(ds: Dataset) -> tuple:
+    return (int(ds.Rows), int(ds.Columns), tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
+            tuple(round(float(v), 4) for v in ds.PixelSpacing))
+
+
+def _check_same_grid(datasets: Sequence[Dataset]) -> None:
+    ref = _grid(datasets[0])
+    for ds in datasets:
+        if _grid(ds) != ref:
+            raise SeriesError(f"instance {ds.SOPInstanceUID} differs in size/orientation/spacing from the series")
+
+
 def _read_consistent(paths: Sequence[Path]) -> list[Dataset]:
     """All instances, checked to share matrix, orientation and pixel spacing."""
     datasets = frame_views_of([pydicom.dcmread(p) for p in paths])
     if not datasets:
         raise SeriesError("no instances")
-    first = datasets[0]
-    ref = (int(first.Rows), int(first.Columns), tuple(round(float(v), 4) for v in first.ImageOrientationPatient),
-           tuple(round(float(v), 4) for v in first.PixelSpacing))
-    for ds in datasets:
-        this = (int(ds.Rows), int(ds.Columns), tuple(round(float(v), 4) for v in ds.ImageOrientationPatient),
-                tuple(round(float(v), 4) for v in ds.PixelSpacing))
-        if this != ref:
-            raise SeriesError(f"instance {ds.SOPInstanceUID} differs in size/orientation/spacing from the series")
+    _check_same_grid(datasets)
     return datasets
 
 
@@ -60,9 +84,9 @@ def _geometry(sources: Sequence[Dataset]) -> list[SliceGeometry]:
             for d in sources]
 
 
-def load_t2_series(paths: Sequence[Path]) -> T2Series:
-    datasets = _read_consistent(paths)
-    first = datasets[0]
+def _t2_positions(datasets: Sequence[Dataset]) -> tuple[dict[float, dict[float, Dataset]], bool, str]:
+    """One series' images by slice position and preparation time; whether the times came from
+    the CSA protocol by image order (then the signal must be checked), and their source."""
     by_pos: dict[float, dict[float, Dataset]] = defaultdict(dict)
     prep = preparation_times(datasets)  # one source for the whole series (classification's)
     for ds, te in zip(datasets, prep.times, strict=True):
@@ -72,23 +96,68 @@ def load_t2_series(paths: Sequence[Path]) -> T2Series:
         if te in by_pos[pos]:
             raise SeriesError(f"two instances at position {pos} mm with preparation time {te} ms")
         by_pos[pos][te] = ds
-    te_sets = {tuple(sorted(v)) for v in by_pos.values()}
-    if len(te_sets) != 1:
-        raise SeriesError(f"slice positions have different preparation times: {sorted(te_sets)}")
-    te_ms = np.array(next(iter(te_sets)), dtype=float)
+    return by_pos, prep.by_order, prep.source
+
+
+def load_t2_series(paths: Sequence[Path]) -> T2Series:
+    """One T2 series (every slice and preparation time in it); refused with the reason if inconsistent."""
+    return load_t2_stack([paths])
+
+
+def load_t2_stack(members: Sequence[Sequence[Path]]) -> T2Series:
+    """A T2 stack from one or more series (``members``, the files of each, most preferred first).
+
+    Each slice position comes from the first member that has it. Positions whose set of
+    preparation times differs from the stack's (the set most positions have) are left out
+    and named in ``notes``; so are members of which no position is used.
+    """
+    chosen: dict[float, dict[float, Dataset]] = {}
+    from_member: dict[float, int] = {}
+    by_order: dict[float, bool] = {}
+    sources_named: dict[float, str] = {}
+    loaded = []
+    for m, paths in enumerate(members):
+        datasets = _read_consistent(paths)
+        loaded.append(datasets)
+        by_pos, ordered, prep_source = _t2_positions(datasets)
+        for pos, images in by_pos.items():
+            if pos not in chosen:
+                chosen[pos], from_member[pos], by_order[pos], sources_named[pos] = images, m, ordered, prep_source
+    _check_same_grid([ds for images in chosen.values() for ds in images.values()])
+    notes: list[str] = []
+    sets = [tuple(sorted(images)) for images in chosen.values()]
+    stack_set = max(set(sets), key=lambda t: (sets.count(t), len(t)))
+    for pos in sorted(chosen):
+        if tuple(sorted(chosen[pos])) != stack_set:
+            notes.append(f"slice position {pos} mm (series {_series_label(loaded[from_member[pos]][0])}) left out: "
+                         f"preparation times {sorted(chosen[pos])} ms differ from the stack's {list(stack_set)} ms")
+            del chosen[pos]
+    te_ms = np.array(stack_set, dtype=float)
     if te_ms.size < 3:
         raise SeriesError(f"need >= 3 preparation times per slice, got {list(te_ms)}")
-    positions = sorted(by_pos)
-    images = np.stack([np.stack([_pixels(by_pos[p][t]) for t in te_ms]) for p in positions])
-    if prep.by_order:  # times from the CSA protocol by image order: the signal must fall with longer preparation
-        falling = np.all(np.diff(images.mean(axis=(2, 3)), axis=1) < 0, axis=1)
-        if not falling.all():
-            raise SeriesError(f"preparation times from the {prep.source} do not match the images: the signal does "
-                              f"not fall with longer preparation at slice position(s) "
-                              f"{[positions[k] for k in np.flatnonzero(~falling)]} mm")
-    sources = [by_pos[p][te_ms[0]] for p in positions]
-    return T2Series(images, te_ms, sources, [by_pos[p][t] for p in positions for t in te_ms], _geometry(sources),
-                    (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])))
+    positions = sorted(chosen)
+    images = np.stack([np.stack([_pixels(chosen[p][t]) for t in te_ms]) for p in positions])
+    # times from the CSA protocol by image order: the signal must fall with longer preparation
+    falling = np.all(np.diff(images.mean(axis=(2, 3)), axis=1) < 0, axis=1)
+    wrong = [positions[k] for k in np.flatnonzero(~falling) if by_order[positions[k]]]
+    if wrong:
+        raise SeriesError(f"preparation times from the {sources_named[wrong[0]]} do not match the images: the signal "
+                          f"does not fall with longer preparation at slice position(s) {wrong} mm")
+    used = sorted({from_member[p] for p in positions})
+    for m, datasets in enumerate(loaded):
+        if m not in used:
+            notes.append(f"series {_series_label(datasets[0])} not used: its slice positions come from other series "
+                         "of the stack (motion-corrected or later acquisitions are preferred)")
+    sources = [chosen[p][te_ms[0]] for p in positions]
+    first = sources[0]
+    return T2Series(images, te_ms, sources, [chosen[p][t] for p in positions for t in te_ms], _geometry(sources),
+                    (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])), stack_uid(first), notes,
+                    [str(loaded[m][0].SeriesInstanceUID) for m in used])
+
+
+def _series_label(ds: Dataset) -> str:
+    """How an operator finds a series: its number and description (and UID)."""
+    return f"{ds.get('SeriesNumber', '')} '{ds.get('SeriesDescription', '')}' ({ds.get('SeriesInstanceUID', '')})"
 
 
 @dataclass
@@ -101,6 +170,7 @@ class PerfusionSeries:
     pixel_spacing_mm: tuple[float, float]
     saturation_delay_ms: float | None  # from the headers when they carry it
     time_source: str = "acquisition time"  # where the frame times came from
+    subject_uid: str = ""  # the series' UID: the derived objects' UIDs come from it
 
 
 _TS_RE = re.compile(r"(?:saturation delay|sr delay|\bTS)\D{0,4}(\d+(?:\.\d+)?)\s*ms", re.IGNORECASE)
@@ -187,12 +257,16 @@ def load_perfusion_series(paths: Sequence[Path]) -> PerfusionSeries:
     sources = [o[0] for o in ordered]
     return PerfusionSeries(images, t_min, sources, [ds for o in ordered for ds in o], _geometry(sources),
                            (float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
-                           saturation_delay_ms(first), timed[0][1])
+                           saturation_delay_ms(first), timed[0][1], str(first.SeriesInstanceUID))
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
+    """An image's (or frame's) values: the displayed values DV = SV * RS + RI of its stored values SV,
+    or, where Philips gives an MR Scale Slope SS, its floating-point values FP = DV / (RS * SS)."""
+    slope = float(ds.get("RescaleSlope", 1) or 1)
     if frame_number(ds) is not None:  # a frame of an Enhanced MR image: its own rescale, from its groups
-        return frame_pixels(ds)
-    arr = ds.pixel_array.astype(np.float64)
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    return arr * slope + intercept
+        values = frame_pixels(ds)
+    else:
+        values = ds.pixel_array.astype(np.float64) * slope + float(ds.get("RescaleIntercept", 0) or 0)
+    scale = mr_scale_slope(ds)
+    return values if scale is None else values / (slope * scale)

@@ -42,15 +42,17 @@ from dicom_node.processing.steps import (
     DisplayCopies,
     Outcome,
     Steps,
+    add_background,
     encode_and_deliver,
-    require_single_frame_sources,
     submit_report,
+    unique_instances,
 )
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion import PerfusionSettings, PreBolus, aif_slice, quantify_perfusion, register_dynamics
 from pinn_engine.segmentation import Label
 
-SERIES_NUMBERS = {"mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206, "sc": 9207, "pdf": 9208}
+SERIES_NUMBERS = {"background": 9200, "mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206,
+                  "sc": 9207, "pdf": 9208}
 Z95 = 1.959964  # the reported +/- is the 95 % interval of the fit (delta method)
 
 
@@ -100,8 +102,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
     ``prebolus``: a pre-bolus series of the same study; the arterial input comes from it
     when it covers the AIF slice (otherwise the job says why in its flags).
     """
-    require_single_frame_sources(series.sources)
-    timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
+    timed = Steps(series.subject_uid, progress)
     timings = timed.timings
     settings = settings if settings is not None else PerfusionSettings()
 
@@ -190,8 +191,11 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
               "aha_convention": aha.convention, "bound": "95% interval of the fit"}
     algorithm = Algorithm("pinn-node-perfusion", __version__, {"method": settings.method, "model": settings.model,
                                                                "hct": settings.hct})
-    sources = series.sources
     objects: dict[str, Dataset] = {}
+    # maps, SEG and SR reference the background series: each slice's peak enhancement
+    sources = add_background(objects, series.sources, registered.max(1), series.subject_uid,
+                             SERIES_NUMBERS["background"], "Perfusion peak background (PINN node)",
+                             "the peak enhancement (maximum over the registered dynamics) of each slice position")
     heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
     picture = Picture(registered.max(1), np.nan_to_num(mbf), myo & np.isfinite(mbf) & heart, "MBF", "ml/min/g",
                       (0.0, 4.0), regions, f"pinn-node-perfusion {__version__} ({settings.method}, 2CXM "
@@ -201,7 +205,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
     report = submit_report(helpers, sources, seg_ref, tracking,
                            parametric_map_reference(sources, mbf_map_spec(), algorithm), regions,
                            ReportContext(MBF_CODE, MBF_UNIT, 0.95, params), algorithm, SERIES_NUMBERS["sr"],
-                           timings=timings)
+                           evidence=unique_instances(series.datasets), timings=timings)
 
     def encode() -> None:
         objects["mbf"] = encode_parametric_map(sources, np.nan_to_num(mbf), mbf_map_spec(), algorithm,

@@ -23,8 +23,9 @@ from dicom_node.logs import log_event
 from dicom_node.processing.classification import Classification, Rule, classify, is_own_result
 from dicom_node.processing.delivery import Delivery, Destinations, NodeDelivery, stored_series
 from dicom_node.processing.kinds import QUANTIFIED, JobKind, SeriesKind
-from dicom_node.processing.load import SeriesError, load_perfusion_series, load_t2_series
+from dicom_node.processing.load import SeriesError, load_perfusion_series, load_t2_stack
 from dicom_node.processing.sources import SeriesSource, StoredSeries
+from dicom_node.processing.stacks import StackPlan, plan_t2_stacks
 from dicom_node.processing.step_processes import StepProcesses
 from dicom_node.processing.steps import Deliver, Outcome
 
@@ -37,11 +38,39 @@ Progress = Callable[[str], None]
 class Pipeline:
     """How one quantified series kind is processed."""
 
-    load: Callable[[Sequence[Path]], Any]  # files -> the loaded series
+    # (processor, source, series UID) -> what to process: one loader per subject (a series, a
+    # study's stack), each giving the loaded data (with its ``subject_uid``) or raising SeriesError
+    subjects: Callable[["Processor", SeriesSource, str], list[Callable[[], Any]]]
     run: Callable[["Processor", str, Any, SeriesSource, Deliver, Progress | None], Outcome]
     event: str  # the log event of a processed series
     headline: Callable[[dict], dict]  # summary -> the figures the log line shows
     steps: tuple[str, ...]  # the pipeline's steps in order (progress display)
+
+
+def _t2_subjects(p: "Processor", source: SeriesSource, series_uid: str) -> list[Callable[[], Any]]:
+    """The T2 stacks of the series' study (``stacks``): every T2 source series of it takes part."""
+    def is_t2_source(headers: Sequence[Dataset]) -> bool:
+        return not is_own_result(headers) and p.classify(headers).kind == SeriesKind.T2
+
+    plans = plan_t2_stacks(source, series_uid, is_t2_source)
+    if not plans:
+        raise SeriesError("the study holds no complete T2 source series (any more)")
+
+    def loader(plan: StackPlan) -> Callable[[], Any]:
+        def load():
+            series = load_t2_stack([paths for _, paths in plan.members])
+            series.notes[:0] = plan.notes
+            return series
+        return load
+
+    return [loader(plan) for plan in plans]
+
+
+def _series_subject(load: Callable[[Sequence[Path]], Any]):
+    """A pipeline whose subject is the series itself."""
+    def subjects(p: "Processor", source: SeriesSource, series_uid: str) -> list[Callable[[], Any]]:
+        return [lambda: load(source.series_paths(series_uid))]
+    return subjects
 
 
 # The pipelines import the engine and the encoders (seconds): only when a series needs them.
@@ -69,10 +98,10 @@ def _run_perfusion(p: "Processor", series_uid: str, series, source: SeriesSource
 
 
 PIPELINES: dict[SeriesKind, Pipeline] = {
-    SeriesKind.T2: Pipeline(load_t2_series, _run_t2, "t2.processed",
+    SeriesKind.T2: Pipeline(_t2_subjects, _run_t2, "t2.processed",
                             lambda s: {"global_t2_ms": s["global"]["t2_ms"]},
                             ("segment", "fit", "aha", "encode", "display", "report")),
-    SeriesKind.PERFUSION: Pipeline(load_perfusion_series, _run_perfusion, "perfusion.processed",
+    SeriesKind.PERFUSION: Pipeline(_series_subject(load_perfusion_series), _run_perfusion, "perfusion.processed",
                                    lambda s: {"global_mbf_ml_min_g": s["global"]["mbf_ml_min_g"]},
                                    ("segment", "register", "segment_registered", "aha", "prebolus", "fit",
                                     "encode", "display", "report")),
@@ -158,24 +187,42 @@ class Processor:
         return JobKind.FORWARD if self.config.routing.forward_series_to else None
 
     # -- the work ----------------------------------------------------------------
-    def process(self, kind: SeriesKind, series_uid: str, source: SeriesSource, delivery: Delivery,
-                progress: Progress | None = None) -> str:
-        """Process series ``series_uid`` of ``kind`` from ``source``; hand the results to ``delivery``.
+    def process(self, kind: SeriesKind, series_uid: str, source: SeriesSource,
+                delivery_for: Callable[[str], Delivery], progress: Progress | None = None) -> str:
+        """Process series ``series_uid`` of ``kind`` from ``source``, with what belongs to it (for T2,
+        the stacks of its study); each subject's results go to ``delivery_for(subject UID)``.
 
-        Raises SeriesError with the reason when the series cannot be processed.
+        Raises SeriesError with the reason(s) when a subject cannot be processed (after the
+        others have been delivered).
         """
         pipeline = PIPELINES.get(SeriesKind(kind))
         if pipeline is None:
             raise SeriesError(f"series kind {kind!s} is stored and served, not processed")
         self.start()  # no-op once running
-        series = pipeline.load(source.series_paths(series_uid))
-        if progress is not None:
-            progress("load_model")
-        self.segmenter()
-        outcome = pipeline.run(self, series_uid, series, source, delivery.early, progress)
-        log_event(LOG, pipeline.event, series_uid=series_uid, objects=len(outcome.objects),
-                  timings_s=outcome.summary["timings_s"], **pipeline.headline(outcome.summary))
-        return delivery.finish(series_uid, outcome)
+        results, problems = [], []
+        for load in pipeline.subjects(self, source, series_uid):
+            try:
+                subject = load()
+            except SeriesError as exc:
+                problems.append(str(exc))
+                continue
+            if progress is not None:
+                progress("load_model")
+            self.segmenter()
+            delivery = delivery_for(subject.subject_uid)
+            try:
+                outcome = pipeline.run(self, series_uid, subject, source, delivery.early, progress)
+            except SeriesError as exc:
+                problems.append(str(exc))
+                continue
+            log_event(LOG, pipeline.event, series_uid=series_uid, subject_uid=subject.subject_uid,
+                      objects=len(outcome.objects), timings_s=outcome.summary["timings_s"],
+                      **pipeline.headline(outcome.summary))
+            results.append(delivery.finish(subject.subject_uid, outcome))
+        if problems:
+            done = f" ({len(results)} other stack(s) processed: {'; '.join(results)})" if results else ""
+            raise SeriesError("; ".join(problems) + done)
+        return "; ".join(results)
 
 
 def job_handlers(processor: Processor, source: StoredSeries,
@@ -192,7 +239,7 @@ def job_handlers(processor: Processor, source: StoredSeries,
     def quantify(kind: SeriesKind) -> Callable[[Job], str]:
         def handler(job: Job) -> str:
             return processor.process(kind, job.series_uid or "", source,
-                                     NodeDelivery(config, source.store, destinations))
+                                     lambda subject: NodeDelivery(config, source.store, destinations))
         return handler
 
     handlers: dict[JobKind, Callable[[Job], str]] = {JobKind.FORWARD: forward}

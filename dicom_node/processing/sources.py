@@ -27,7 +27,7 @@ class SeriesSource(Protocol):
         ...
 
     def study_series(self, series_uid: str) -> dict[str, list[Path]]:
-        """The other series of the same study: series UID -> files."""
+        """The other series of the same study that are complete: series UID -> files."""
         ...
 
 
@@ -52,7 +52,8 @@ class StoredSeries:
         for inst in self.index.instances_where("study_uid", [instances[0].study_uid]):
             if inst.series_uid != series_uid:
                 others.setdefault(inst.series_uid, []).append(self.store.abspath(inst.path))
-        return others
+        # a series still arriving is not used: its completion queues the work that will use it
+        return {uid: paths for uid, paths in others.items() if self.index.series_state(uid) == "complete"}
 
 
 class FolderSeries:

@@ -18,6 +18,7 @@ from dicom_node.encode import (
     dataset_bytes,
     dataset_from_bytes,
     draw,
+    encode_background_series,
     encode_pdf,
     encode_report,
     encode_secondary_capture,
@@ -25,8 +26,6 @@ from dicom_node.encode import (
     raster_pdf,
 )
 from dicom_node.logs import log_event
-from dicom_node.processing.frames import frame_number
-from dicom_node.processing.load import SeriesError
 from dicom_node.processing.step_processes import REPORT, StepProcesses
 
 LOG = logging.getLogger("dicom_node.processing")
@@ -35,17 +34,25 @@ LOG = logging.getLogger("dicom_node.processing")
 Deliver = Callable[[dict[str, Dataset]], None]
 
 
-def require_single_frame_sources(sources: Sequence[Dataset]) -> None:
-    """Refuse, with the reason, sources that are frames of Enhanced MR (multi-frame) images.
+def add_background(objects: dict[str, Dataset], sources: Sequence[Dataset], images: np.ndarray, subject_uid: str,
+                   series_number: int, description: str, derivation: str) -> list[Dataset]:
+    """Make the background series (``encode.background``) the job's maps and SEG reference.
 
-    They are recognised and loaded (``frames``), but the derived objects reference their
-    sources image by image, and highdicom takes a multi-frame source only alone; until the
-    node writes its own single-frame images for the maps to reference, such a series is
-    stored and served, and its job says why it was not quantified.
+    Its images join ``objects`` (``background-<n>``, n along the slice normal) ahead of the
+    maps, so they are stored and sent before anything that references them.
     """
-    if any(frame_number(s) is not None for s in sources):
-        raise SeriesError("Enhanced MR (multi-frame) source images are recognised but cannot be quantified yet: "
-                          "the derived objects cannot reference them; the series is stored and served")
+    images_ = encode_background_series(sources, images, subject_uid, series_number, description, derivation)
+    for ds in sorted(images_, key=lambda d: int(d.InstanceNumber)):
+        objects[f"background-{int(ds.InstanceNumber)}"] = ds
+    return images_
+
+
+def unique_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """One dataset per SOP instance (the frames of an Enhanced MR image are one instance)."""
+    seen: dict[str, Dataset] = {}
+    for ds in datasets:
+        seen.setdefault(str(ds.SOPInstanceUID), getattr(ds, "parent", ds))
+    return list(seen.values())
 
 
 @dataclass

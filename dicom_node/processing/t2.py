@@ -36,15 +36,16 @@ from dicom_node.processing.steps import (
     DisplayCopies,
     Outcome,
     Steps,
+    add_background,
     encode_and_deliver,
-    require_single_frame_sources,
     submit_report,
+    unique_instances,
 )
 from pinn_engine.aha import assign_aha
 from pinn_engine.segmentation import Label
 from pinn_engine.t2 import EXCLUDE, Flag, fit_t2, merge_fits, region_statistics
 
-SERIES_NUMBERS = {"pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
+SERIES_NUMBERS = {"background": 9100, "pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
 
 
 def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95, segmenter=None,
@@ -56,8 +57,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     the display copies) while the report is still being built; the outcome lists all objects.
     ``helpers`` run the whole-image fit, the drawing and the SR beside this thread.
     """
-    require_single_frame_sources(series.sources)
-    timed = Steps(str(series.sources[0].SeriesInstanceUID), progress)
+    timed = Steps(series.subject_uid, progress)
     timings = timed.timings
 
     if segmenter is None:
@@ -96,7 +96,8 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
         frames = tuple(int(k) + 1 for k in np.nonzero(mask.any(axis=(1, 2)))[0])
         flags = []
         if number is None:
-            flags = [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
+            flags = list(series.notes)  # what the stack left out
+            flags += [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
             flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl]
         regions.append(RegionResult(number, st.mean_ms, st.sd_ms, st.bound_ms, st.n_pixels, st.n_pixels * px_area,
                                     frames, tuple(flags)))
@@ -111,8 +112,11 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
               "noise_sigma_upper": round(fit.noise.sigma_upper, 4), "noise_method": fit.noise.method,
               "aha_convention": aha.convention, "preparation_times_ms": ",".join(f"{t:g}" for t in series.te_ms)}
     algorithm = Algorithm("pinn-node-t2", __version__, {"method": method, "confidence": confidence})
-    sources = series.sources
     objects: dict[str, Dataset] = {}
+    # maps, SEG and SR reference the background series (one image per position, the maps' grid)
+    sources = add_background(objects, series.sources, series.images[:, 0], series.subject_uid,
+                             SERIES_NUMBERS["background"], "T2 map background (PINN node)",
+                             f"the shortest preparation time ({series.te_ms[0]:g} ms) of each slice position")
 
     anatomy = series.images[:, 0]
     heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
@@ -125,7 +129,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     report = submit_report(helpers, sources, seg_ref, tracking,
                            parametric_map_reference(sources, t2_map_spec(), algorithm), regions,
                            ReportContext(T2_CODE, T2_UNIT, confidence, params), algorithm,
-                           SERIES_NUMBERS["sr"], evidence=series.datasets, timings=timings)
+                           SERIES_NUMBERS["sr"], evidence=unique_instances(series.datasets), timings=timings)
 
     full = fit  # the fit the maps show: the whole image's, once the helper has it
 
@@ -146,6 +150,7 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     flag_counts = {f.name: int(((fit.flags & int(f)) > 0)[myocardium].sum()) for f in Flag if f != Flag.NO_ESTIMATE}
     summary = {
         "kind": SeriesKind.T2,
+        "stack": {"uid": series.subject_uid, "source_series": series.series_uids, "notes": series.notes},
         "segments": summary_segments,
         "global": global_entry,
         "noise_sigma": round(fit.noise.sigma, 4),

@@ -34,7 +34,7 @@ from tests.helpers import (
     wait_for_port,
 )
 
-DERIVED = 6  # T2 map, bound map, SEG, SR, SC, PDF
+DERIVED = 6 + 3  # T2 map, bound map, SEG, SR, SC, PDF and the background image of each of the 3 slices
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Rig:
         shutil.rmtree(work, ignore_errors=True)
         dest = UniqueStoreSCP(work / "pacs", ae_title="PACS").start()
         node = NodeProcess(work / "node", extra_toml=(
-            "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n" + dest.destination_toml()
+            "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\nstack_seconds = 0\n" + dest.destination_toml()
             + '[routing]\nsend_results_to = ["pacs"]\n[engine]\nt2_method = "nlls"\npreload = false\n'
             + "[jobs]\npoll_interval_s = 0.1\nretry_backoff_s = 0.5\n"))
         return node, dest
@@ -235,7 +235,7 @@ def outage(root: Path, outage_s: float, max_attempts: int = 8, backoff_s: float 
     series = sorted((rig_root / "t2").glob("*.dcm"))
     dest = UniqueStoreSCP(rig_root / "pacs", ae_title="PACS")  # not started: the PACS is down
     node = NodeProcess(rig_root / "node", extra_toml=(
-        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n" + dest.destination_toml()
+        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\nstack_seconds = 0\n" + dest.destination_toml()
         + '[routing]\nsend_results_to = ["pacs"]\n[engine]\nt2_method = "nlls"\npreload = false\n'
         + f"[jobs]\npoll_interval_s = 0.1\nmax_attempts = {max_attempts}\nretry_backoff_s = {backoff_s}\n"
         + "retry_backoff_max_s = 30\n[send]\nreassociations = 0\n")).start()

@@ -63,7 +63,7 @@ def test_destination_down_too_long_parks_the_job_until_retry(tmp_path, node_fact
     simulate_t2(tmp_path / "t2", seed=5, matrix=96, slices=3)
     dest = UniqueStoreSCP(tmp_path / "pacs", ae_title="PACS")  # down
     node = node_factory(extra_toml=(
-        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\n" + dest.destination_toml()
+        "[series]\nstable_seconds = 0.5\ncheck_interval_s = 0.1\nstack_seconds = 0\n" + dest.destination_toml()
         + '[routing]\nsend_results_to = ["pacs"]\n[engine]\nt2_method = "nlls"\npreload = false\n'
         + "[jobs]\npoll_interval_s = 0.1\nmax_attempts = 2\nretry_backoff_s = 0.2\n[send]\nreassociations = 0\n"
     )).start()

@@ -36,7 +36,7 @@ T2_JOB_KIND = "t2"
 
 NODE_TOML = (
     '[engine]\nt2_method = "nlls"\n'
-    "[series]\nstable_seconds = 2.0\ncheck_interval_s = 0.2\n"
+    "[series]\nstable_seconds = 2.0\ncheck_interval_s = 0.2\nstack_seconds = 0\n"
     "[jobs]\npoll_interval_s = 0.2\n"
 )
 
