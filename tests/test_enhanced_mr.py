@@ -106,10 +106,10 @@ def test_the_enhanced_fixtures_are_valid_enhanced_mr_images(classic, tmp_path, s
 
 
 @pytest.mark.parametrize("vendor, expected", [
-    ("siemens-xa", {"T2Map": (SeriesKind.T2, "ImageComments 'T2 prep. duration'"),
+    ("siemens-xa", {"T2Map": (SeriesKind.T2, "FrameComments 'T2 prep. duration'"),
                     "T2Map_MOCO_T2": (SeriesKind.OTHER, "a map made by the scanner"),
                     "MOLLI_5(3)3_SAX": (SeriesKind.OTHER, "T1 mapping")}),
-    ("philips", {"T2 Map SAX": (SeriesKind.T2, "(EchoTime)"),
+    ("philips", {"T2 Map SAX": (SeriesKind.T2, "(EffectiveEchoTime)"),
                  "T2 Map SAX_T2": (SeriesKind.OTHER, "a map made by the scanner")}),
 ])
 def test_every_series_of_an_enhanced_vendor_study_is_classified_by_its_frames(tmp_path, vendor, expected):

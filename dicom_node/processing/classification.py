@@ -47,6 +47,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.encode import DERIVED_SUFFIX
+from dicom_node.processing.frames import field_name
 from dicom_node.processing.kinds import SeriesKind
 from pinn_engine.aha import apex_normal
 
@@ -115,7 +116,7 @@ def preparation_time_text(ds: Dataset) -> tuple[float, str] | None:
     for kw in ("SequenceName", "ImageComments"):
         m = _T2PREP_RE.search(str(ds.get(kw, "") or ""))
         if m:
-            return float(m.group("ms")), f"{kw} '{' '.join(m.group('label').split())}'"
+            return float(m.group("ms")), f"{field_name(ds, kw)} '{' '.join(m.group('label').split())}'"
     return None
 
 
@@ -248,8 +249,13 @@ def preparation_times(headers: Sequence[Dataset]) -> PreparationTimes:
         csa, note = csa_preparation_times(headers)
         if csa is not None:
             return PreparationTimes(csa, f"{CSA_SOURCE}, {note}", by_order=True)
-        return PreparationTimes(echo, "EchoTime", note=note)
-    return PreparationTimes(echo, "EchoTime")
+        return PreparationTimes(echo, _echo_field(headers), note=note)
+    return PreparationTimes(echo, _echo_field(headers))
+
+
+def _echo_field(headers: Sequence[Dataset]) -> str:
+    """EchoTime, or EffectiveEchoTime where the headers are frames of Enhanced MR images."""
+    return field_name(headers[0], "EchoTime") if headers else "EchoTime"
 
 
 def slice_key(ds: Dataset) -> float | None:

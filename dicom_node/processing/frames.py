@@ -62,6 +62,8 @@ def _apply_groups(view: Dataset, groups: Dataset | None) -> None:
             value = value[0] if len(value) else None  # InversionTimes (FD, 1-n): the frame's first
         if value is not None:
             setattr(view, target, value)
+            if source != target:  # where it came from, for reasons that name the deciding field
+                view.field_names = {**getattr(view, "field_names", {}), target: source}
 
 
 def frame_views(ds: Dataset) -> list[Dataset]:
@@ -90,6 +92,11 @@ def frame_views(ds: Dataset) -> list[Dataset]:
 def frame_views_of(datasets: Sequence[Dataset]) -> list[Dataset]:
     """Every frame view of every instance, in instance order then frame order."""
     return [view for ds in datasets for view in frame_views(ds)]
+
+
+def field_name(ds: Dataset, keyword: str) -> str:
+    """The attribute a view's ``keyword`` was read from (FrameComments for a frame's ImageComments)."""
+    return getattr(ds, "field_names", {}).get(keyword, keyword)
 
 
 def frame_number(view: Dataset) -> int | None:
