@@ -107,6 +107,20 @@ def test_a_repeated_breath_hold_replaces_the_earlier_and_another_matrix_is_left_
     assert np.allclose(stack.images[k], first_slice_original.images[0] // 2, atol=1)  # the repeat's pixels
 
 
+def test_a_later_series_without_the_stacks_preparation_times_does_not_displace_the_earlier(siemens, tmp_path):
+    """A repeated breath-hold acquired with only two preparation times: the earlier, complete series keeps the
+    position, and the later one is named with the reason."""
+    originals = sorted(p for p in siemens.iterdir() if p.is_dir() and p.name.endswith("_T2Map"))
+    short = _rewrite(originals[0], tmp_path / "short", "1.2.826.0.1.3680043.8.498.79", SeriesNumber=98,
+                     AcquisitionTime="120000.000000", SeriesTime="120000")
+    short[-1].unlink()  # the longest preparation time is missing
+    members = [short[:-1], *(sorted(f.glob("*.dcm")) for f in originals)]
+    stack = load_t2_stack(members)
+    assert stack.images.shape[:2] == (3, 3)
+    assert "1.2.826.0.1.3680043.8.498.79" not in stack.series_uids
+    assert any("1.2.826.0.1.3680043.8.498.79" in n and "differ from the stack's" in n for n in stack.notes)
+
+
 def _complete(index: Index, series_uid: str, study_uid: str, delay: float | None) -> int | None:
     now = time.time()
     with index.transaction() as conn:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -107,35 +107,41 @@ def load_t2_series(paths: Sequence[Path]) -> T2Series:
 def load_t2_stack(members: Sequence[Sequence[Path]]) -> T2Series:
     """A T2 stack from one or more series (``members``, the files of each, most preferred first).
 
-    Each slice position comes from the first member that has it. Positions whose set of
-    preparation times differs from the stack's (the set most positions have) are left out
-    and named in ``notes``; so are members of which no position is used.
+    The stack's set of preparation times is the one most slice positions can be given; each
+    position comes from the first member that has it with that set. Positions no member has
+    with that set are left out and named in ``notes``; so are members of which no position is
+    used.
     """
-    chosen: dict[float, dict[float, Dataset]] = {}
-    from_member: dict[float, int] = {}
-    by_order: dict[float, bool] = {}
-    sources_named: dict[float, str] = {}
+    candidates: dict[float, list[tuple[int, dict[float, Dataset], bool, str]]] = defaultdict(list)
     loaded = []
     for m, paths in enumerate(members):
         datasets = _read_consistent(paths)
         loaded.append(datasets)
         by_pos, ordered, prep_source = _t2_positions(datasets)
         for pos, images in by_pos.items():
-            if pos not in chosen:
-                chosen[pos], from_member[pos], by_order[pos], sources_named[pos] = images, m, ordered, prep_source
-    _check_same_grid([ds for images in chosen.values() for ds in images.values()])
+            candidates[pos].append((m, images, ordered, prep_source))
+    _check_same_grid([ds for found in candidates.values() for _, images, _, _ in found for ds in images.values()])
+    offered = Counter(t for found in candidates.values() for t in {tuple(sorted(c[1])) for c in found})
+    stack_set = max(offered, key=lambda t: (offered[t], len(t)))
+    chosen: dict[float, dict[float, Dataset]] = {}
+    from_member: dict[float, int] = {}
+    by_order: dict[float, bool] = {}
+    sources_named: dict[float, str] = {}
     notes: list[str] = []
-    sets = [tuple(sorted(images)) for images in chosen.values()]
-    stack_set = max(set(sets), key=lambda t: (sets.count(t), len(t)))
-    for pos in sorted(chosen):
-        if tuple(sorted(chosen[pos])) != stack_set:
-            notes.append(f"slice position {pos} mm (series {_series_label(loaded[from_member[pos]][0])}) left out: "
-                         f"preparation times {sorted(chosen[pos])} ms differ from the stack's {list(stack_set)} ms")
-            del chosen[pos]
+    for pos in sorted(candidates):
+        fitting = [c for c in candidates[pos] if tuple(sorted(c[1])) == stack_set]
+        if not fitting:
+            m, images = candidates[pos][0][:2]
+            notes.append(f"slice position {pos} mm (series {_series_label(loaded[m][0])}) left out: "
+                         f"preparation times {sorted(images)} ms differ from the stack's {list(stack_set)} ms")
+            continue
+        from_member[pos], chosen[pos], by_order[pos], sources_named[pos] = fitting[0]
     te_ms = np.array(stack_set, dtype=float)
     if te_ms.size < 3:
         raise SeriesError(f"need >= 3 preparation times per slice, got {list(te_ms)}")
     positions = sorted(chosen)
+    if not positions:
+        raise SeriesError("no slice position has the stack's preparation times: " + "; ".join(notes))
     images = np.stack([np.stack([_pixels(chosen[p][t]) for t in te_ms]) for p in positions])
     # times from the CSA protocol by image order: the signal must fall with longer preparation
     falling = np.all(np.diff(images.mean(axis=(2, 3)), axis=1) < 0, axis=1)
@@ -145,9 +151,14 @@ def load_t2_stack(members: Sequence[Sequence[Path]]) -> T2Series:
                           f"does not fall with longer preparation at slice position(s) {wrong} mm")
     used = sorted({from_member[p] for p in positions})
     for m, datasets in enumerate(loaded):
-        if m not in used:
-            notes.append(f"series {_series_label(datasets[0])} not used: its slice positions come from other series "
-                         "of the stack (motion-corrected or later acquisitions are preferred)")
+        if m in used:
+            continue
+        own = {tuple(sorted(c[1])) for found in candidates.values() for c in found if c[0] == m}
+        why = (f"its preparation times {[list(t) for t in sorted(own)]} ms differ from the stack's {list(stack_set)} ms"
+               if stack_set not in own else
+               "its slice positions come from other series of the stack (motion-corrected or later acquisitions "
+               "are preferred)")
+        notes.append(f"series {_series_label(datasets[0])} not used: {why}")
     sources = [chosen[p][te_ms[0]] for p in positions]
     first = sources[0]
     return T2Series(images, te_ms, sources, [chosen[p][t] for p in positions for t in te_ms], _geometry(sources),
