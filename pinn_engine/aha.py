@@ -189,8 +189,13 @@ def assign_aha(
     geometry: list[SliceGeometry],
     convention: str = "anterior-ip",
     min_segment_pixels: int = 10,
+    rotation_deg: float = 0.0,
 ) -> AHAResult:
-    """AHA segments for a stack of label maps (slices, H, W) with per-slice geometry."""
+    """AHA segments for a stack of label maps (slices, H, W) with per-slice geometry.
+
+    ``rotation_deg`` turns every sector boundary by that angle (in the direction of the
+    segment numbering): how much a segment's value depends on where its insertion point was
+    found (``pinn_engine.t2.segments``)."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}")
     labels = np.asarray(labels)
@@ -252,7 +257,7 @@ def assign_aha(
         rr, cc_ = np.nonzero(myo)
         x, y = _physical(rr - cr, cc_ - cc, geometry[s])
         phi = (sense * (np.arctan2(y, x) - ant)) % (2 * np.pi)
-        phi_deg = np.degrees(phi)
+        phi_deg = (np.degrees(phi) - rotation_deg) % 360.0
         if info.level in ("basal", "mid"):
             if convention == "septal-bisector":
                 phi_deg = (phi_deg - (np.degrees(arc) / 2 - 60.0)) % 360.0

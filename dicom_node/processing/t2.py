@@ -43,7 +43,7 @@ from dicom_node.processing.steps import (
 )
 from pinn_engine.aha import assign_aha
 from pinn_engine.segmentation import Label
-from pinn_engine.t2 import EXCLUDE, Flag, fit_t2, merge_fits, region_statistics
+from pinn_engine.t2 import BOUND_COVERS, EXCLUDE, Flag, fit_t2, merge_fits, segment_statistics
 
 SERIES_NUMBERS = {"background": 9100, "pm": 9101, "bound": 9102, "seg": 9103, "sr": 9104, "sc": 9105, "pdf": 9106}
 
@@ -79,30 +79,36 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     myocardium = labels == Label.MYOCARDIUM
     if not myocardium.any():
         raise SeriesError("no myocardium found in any slice: nothing to quantify")
+    # the myocardium and two pixels around it: the segment bounds try the border one pixel wider
+    near = np.stack([ndimage.binary_dilation(m, iterations=2) for m in myocardium])
     fit = timed("fit", fit_t2, series.images, series.te_ms, method=method, confidence=confidence,
-                within=myocardium if whole is not None else None)
+                within=near if whole is not None else None)
     aha = timed("aha", assign_aha, labels, series.geometry)
     usable = (fit.flags & int(EXCLUDE)) == 0
     measured = np.where(usable, aha.labels, 0).astype(np.uint8)
     if not measured.any():
         raise SeriesError("no AHA segment could be measured (no insertion points or all pixels flagged)")
+    values = timed("segment_values", segment_statistics, fit, labels, series.geometry, aha.labels)
 
     px_area = series.pixel_spacing_mm[0] * series.pixel_spacing_mm[1]
     regions: list[RegionResult] = []
     summary_segments = []
-    for number in [None, *sorted(int(s) for s in np.unique(measured) if s)]:
+    for st in sorted(values, key=lambda v: -1 if v.aha is None else v.aha):
+        number = st.aha
         mask = measured > 0 if number is None else measured == number
-        st = region_statistics(fit, mask)
         frames = tuple(int(k) + 1 for k in np.nonzero(mask.any(axis=(1, 2)))[0])
         flags = []
         if number is None:
             flags = list(series.notes)  # what the stack left out
             flags += [f"slice {k + 1}: {f}" for k, s in enumerate(aha.slices) for f in s.flags]
             flags += [f"slice {k + 1}: {f}" for k, fl in enumerate(seg.flags) for f in fl]
-        regions.append(RegionResult(number, st.mean_ms, st.sd_ms, st.bound_ms, st.n_pixels, st.n_pixels * px_area,
-                                    frames, tuple(flags)))
+        regions.append(RegionResult(number, st.mean_ms, st.sd_ms, st.bound_ms, st.n_pixels,
+                                    float(mask.sum()) * px_area, frames, tuple(flags)))
         entry = {"aha": number, "t2_ms": round(st.mean_ms, 3), "t2_bound_ms": round(st.bound_ms, 3),
-                 "t2_sd_ms": round(st.sd_ms, 3), "n_pixels": st.n_pixels}
+                 "t2_sd_ms": round(st.sd_ms, 3), "n_pixels": st.n_pixels, "n_left_out": st.n_excluded,
+                 "bound_parts_ms": {"noise": round(st.noise_ms, 3), "border_position": round(st.mask_ms, 3),
+                                    "partial_volume": round(st.border_ms, 3),
+                                    "insertion_point": round(st.sector_ms, 3)}}
         if number is not None:
             summary_segments.append(entry)
         else:
@@ -110,7 +116,9 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
 
     params = {"method": method, "confidence": confidence, "noise_sigma": round(fit.noise.sigma, 4),
               "noise_sigma_upper": round(fit.noise.sigma_upper, 4), "noise_method": fit.noise.method,
-              "aha_convention": aha.convention, "preparation_times_ms": ",".join(f"{t:g}" for t in series.te_ms)}
+              "aha_convention": aha.convention, "preparation_times_ms": ",".join(f"{t:g}" for t in series.te_ms),
+              "segment_value": "bias-corrected mean of the myocardial core, outliers excluded",
+              "bound_covers": "; ".join(BOUND_COVERS)}
     algorithm = Algorithm("pinn-node-t2", __version__, {"method": method, "confidence": confidence})
     objects: dict[str, Dataset] = {}
     # maps, SEG and SR reference the background series (one image per position, the maps' grid)
@@ -121,8 +129,9 @@ def process_t2(series: T2Series, method: str = "pinn", confidence: float = 0.95,
     anatomy = series.images[:, 0]
     heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
     picture = Picture(anatomy, fit.t2_ms, myocardium & fit.estimated & heart, "T2", "ms", (30.0, 80.0), regions,
-                      f"pinn-node-t2 {__version__} ({method}); bound {confidence * 100:g}%, "
-                      f"sigma {fit.noise.sigma:.3g} ({fit.noise.method})", confidence)
+                      f"pinn-node-t2 {__version__} ({method}); sigma {fit.noise.sigma:.3g} ({fit.noise.method}). "
+                      f"Segment values: myocardial core, outliers and fit bias removed; each ± bound "
+                      f"({confidence * 100:g}%) covers {', '.join(BOUND_COVERS)}", confidence)
     # the report is the slowest object to build: it starts first, in a helper, from the
     # identities of the map and SEG it references; the picture is drawn in the other helper
     seg_ref, tracking = segmentation_reference(sources, measured, algorithm)

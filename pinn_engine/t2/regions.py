@@ -35,6 +35,22 @@ class RegionStats:
     confidence: float
 
 
+def noise_bound(fit: "T2Fit", used: np.ndarray) -> float:
+    """The bound on the mean of ``fit`` over the pixels ``used`` that noise and the fit account for:
+    z sqrt(sum var_i) / n + the second-order bias + the distance to the reference fit's mean."""
+    t2 = fit.t2_ms[used]
+    ref = fit.t2_reference_ms[used]
+    n = t2.size
+    snr = fit.m0[used] / fit.noise.sigma_upper
+    sd_i = crlb_sd_t2(ref, snr, fit.te_ms)
+    z = stats.norm.ppf(0.5 + fit.confidence / 2)
+    # E[1/R_hat] ~ 1/R + var(R_hat)/R^3: the least-squares T2 is biased upwards by ~sd^2/T2
+    # at low SNR (the mean, not the median); budgeted rather than subtracted so that the
+    # reported mean stays the mean of the map.
+    bias = float(np.sum(sd_i**2 / ref)) / n
+    return float(z * np.sqrt(np.sum(sd_i**2)) / n + bias + abs(float(t2.mean() - ref.mean())))
+
+
 def region_statistics(fit: "T2Fit", mask: np.ndarray) -> RegionStats:
     """Statistics of ``fit`` over the boolean ``mask`` (same shape as the maps)."""
     mask = np.asarray(mask, dtype=bool)
@@ -44,19 +60,10 @@ def region_statistics(fit: "T2Fit", mask: np.ndarray) -> RegionStats:
     if n == 0:
         return RegionStats(float("nan"), float("nan"), float("inf"), 0, excluded, fit.confidence)
     t2 = fit.t2_ms[usable]
-    ref = fit.t2_reference_ms[usable]
-    snr = fit.m0[usable] / fit.noise.sigma_upper
-    sd_i = crlb_sd_t2(ref, snr, fit.te_ms)
-    z = stats.norm.ppf(0.5 + fit.confidence / 2)
-    # E[1/R_hat] ~ 1/R + var(R_hat)/R^3: the least-squares T2 is biased upwards by ~sd^2/T2
-    # at low SNR (the mean, not the median); budgeted rather than subtracted so that the
-    # reported mean stays the mean of the map.
-    bias = float(np.sum(sd_i**2 / ref)) / n
-    bound = z * np.sqrt(np.sum(sd_i**2)) / n + bias + abs(float(t2.mean() - ref.mean()))
     return RegionStats(
         mean_ms=float(t2.mean()),
         sd_ms=float(t2.std(ddof=1)) if n > 1 else 0.0,
-        bound_ms=float(bound),
+        bound_ms=noise_bound(fit, usable),
         n_pixels=n,
         n_excluded=excluded,
         confidence=fit.confidence,
