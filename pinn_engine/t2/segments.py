@@ -29,6 +29,7 @@ Bound at ``confidence``, the sum of one term per error source (``COVERS``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -132,6 +133,20 @@ def _values(t2: np.ndarray, usable: np.ndarray, myocardium: np.ndarray, aha: np.
     return out
 
 
+def _heart_box(fit: "T2Fit", labels: np.ndarray, aha: np.ndarray) -> tuple:
+    """``fit``'s maps, ``labels`` and ``aha`` cut to the heart (every label) and a margin."""
+    heart = labels != Label.BACKGROUND
+    if not heart.any():
+        return fit, labels, aha
+    margin = 4  # the one-pixel dilation and the erosions around it
+    rows, cols = np.nonzero(heart.any(axis=(0, 2)))[0], np.nonzero(heart.any(axis=(0, 1)))[0]
+    box = (slice(None), slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+           slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+    maps = SimpleNamespace(t2_ms=fit.t2_ms[box], t2_reference_ms=fit.t2_reference_ms[box], m0=fit.m0[box],
+                           flags=fit.flags[box], noise=fit.noise, te_ms=fit.te_ms, confidence=fit.confidence)
+    return maps, labels[box], aha[box]
+
+
 def _perturbed_labels(labels: np.ndarray, grow: bool) -> np.ndarray:
     """The label map with the myocardium one pixel wider (into its neighbours) or narrower."""
     myocardium = labels == Label.MYOCARDIUM
@@ -159,6 +174,9 @@ def segment_statistics(fit: "T2Fit", labels: np.ndarray, geometry: Sequence[Slic
     labels = np.asarray(labels)
     if aha is None:
         aha = assign_aha(labels, list(geometry)).labels
+    # the heart's bounding box is all that matters (a fifth of the image: 0.14 -> 0.04 s at 192^2);
+    # an in-plane crop leaves the AHA assignment as it was (it uses positions relative to the LV)
+    fit, labels, aha = _heart_box(fit, labels, np.asarray(aha))
     usable = (fit.flags & int(EXCLUDE)) == 0
     t2 = fit.t2_ms
     myocardium = labels == Label.MYOCARDIUM
@@ -185,7 +203,7 @@ def segment_statistics(fit: "T2Fit", labels: np.ndarray, geometry: Sequence[Slic
         region = (aha > 0) if s is None else (aha == s)
         out.append(SegmentValue(
             aha=s, mean_ms=value - bias, sd_ms=float(t2[used].std(ddof=1)) if used.sum() > 1 else 0.0,
-            bound_ms=noise + change["mask"] + change["sector"] + change["border"], noise_ms=noise,
+            bound_ms=float(noise + change["mask"] + change["sector"] + change["border"]), noise_ms=float(noise),
             mask_ms=change["mask"], sector_ms=change["sector"], border_ms=change["border"],
             n_pixels=int(used.sum()), n_excluded=int((region & myocardium).sum() - used.sum()),
             slices=tuple(int(k) for k in np.nonzero(region.any(axis=(1, 2)))[0])))
