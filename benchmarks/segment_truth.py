@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/segment_truth.py [--data ../shared/data/myops-dev] [--snr 20,40,60]
         [--contrast t2,c0] [--method nlls|pinn] [--cases N] [--seed S]
+    .venv/bin/python benchmarks/segment_truth.py --perfusion N     # MBF segment values instead
 
 Phantom series built from real anatomy: each MyoPS case (labels drawn by experts; Zhuang et al.,
 MICCAI 2020 MyoPS challenge) becomes a T2-prepared series. M0 is the case's own image, black-blood
@@ -153,6 +154,40 @@ def figures(rows: list[tuple]) -> str:
             f"| global coverage {g_cov:4.2f} ({len(glob)})")
 
 
+def perfusion(n: int, seg: Segmenter) -> None:
+    """The perfusion phantom (``simulate_perfusion``: 2CXM myocardium with an ischaemic sector) through
+    the node's perfusion job: each segment's MBF against the mean true MBF of its sector's myocardium,
+    covered by the fit's interval alone (before) and with the segmentation terms (now)."""
+    import tempfile  # noqa: PLC0415
+
+    from dicom_node.processing import load_perfusion_series, process_perfusion  # noqa: PLC0415
+    from dicom_node.simulate import simulate_perfusion  # noqa: PLC0415
+    from pinn_engine.perfusion import PerfusionSettings  # noqa: PLC0415
+
+    settings = PerfusionSettings()
+    to_mbf = 1.0 / (1.0 - settings.hct) / settings.density_g_ml
+    rows = []
+    for seed in range(n):
+        with tempfile.TemporaryDirectory() as tmp:
+            simulate_perfusion(Path(tmp), seed=100 + seed, matrix=96, frames=40)
+            series = load_perfusion_series(sorted(Path(tmp).glob("*.dcm")))
+            truth = np.load(Path(tmp) / "truth.npz")
+        labels = truth["labels"]
+        aha = assign_aha(labels, series.geometry).labels
+        myo = labels == Label.MYOCARDIUM
+        true = {s: float(truth["fp"][myo & (aha == s)].mean() * to_mbf) for s in np.unique(aha[myo]) if s}
+        summary = process_perfusion(series, settings, seg).summary
+        for entry in summary["segments"]:
+            if entry["aha"] in true:
+                parts = entry["mbf_bound_parts_ml_min_g"]
+                rows.append((entry["mbf_ml_min_g"] - true[entry["aha"]], parts["fit"], entry["mbf_bound_ml_min_g"]))
+    err, fit_only, bound = (np.array(c) for c in zip(*rows, strict=True))
+    print(f"perfusion phantom, {n} series, {len(err)} segments: MBF error mean {err.mean():+.3f}, p90 "
+          f"{np.percentile(np.abs(err), 90):.3f} ml/min/g; coverage {np.mean(np.abs(err) <= bound):.2f} "
+          f"(median bound {np.median(bound):.3f}); with the fit's interval alone "
+          f"{np.mean(np.abs(err) <= fit_only):.2f} (median {np.median(fit_only):.3f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "myops-dev")
@@ -161,7 +196,12 @@ def main() -> int:
     ap.add_argument("--method", default="nlls", choices=("nlls", "pinn"))
     ap.add_argument("--cases", type=int, default=0, help="only the first N cases (0: all)")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--perfusion", type=int, default=0, metavar="N",
+                    help="instead: N perfusion phantoms through the perfusion job (MBF segment values)")
     args = ap.parse_args()
+    if args.perfusion:
+        perfusion(args.perfusion, Segmenter())
+        return 0
     cases = sorted(p.name.split("_")[0] for p in args.data.glob("Case*_gd.nii.gz"))
     if args.cases:
         cases = cases[:args.cases]

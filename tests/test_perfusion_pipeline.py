@@ -43,6 +43,15 @@ def test_segment_mbf_matches_the_phantom(perfusion):
     mbf = [e["mbf_ml_min_g"] for e in outcome.summary["segments"]]
     assert min(mbf) < 0.65 * max(mbf)  # the ischaemic sector (40 % flow) shows
     assert all(e["mbf_bound_ml_min_g"] > 0 and e["ps_sd"] > 0 for e in outcome.summary["segments"])
+    # the bound covers the segmentation too: largest where a segment borders the ischaemic sector
+    covered = 0
+    for e in outcome.summary["segments"]:
+        parts = e["mbf_bound_parts_ml_min_g"]
+        assert e["mbf_bound_ml_min_g"] == pytest.approx(parts["fit"] + parts["segmentation"], abs=2e-4)
+        true = float(mbf_truth[(truth_aha == e["aha"]) & (phantom.labels == 2)].mean())
+        covered += abs(e["mbf_ml_min_g"] - true) <= e["mbf_bound_ml_min_g"]
+    assert max(e["mbf_bound_parts_ml_min_g"]["segmentation"] for e in outcome.summary["segments"]) > 0.05
+    assert covered >= 0.8 * len(outcome.summary["segments"]), covered
     assert not any("flat-topped" in f or "implausibly" in f for f in outcome.summary["flags"]), outcome.summary["flags"]
 
 

@@ -49,6 +49,7 @@ from dicom_node.processing.steps import (
 )
 from pinn_engine.aha import assign_aha
 from pinn_engine.perfusion import PerfusionSettings, PreBolus, aif_slice, quantify_perfusion, register_dynamics
+from pinn_engine.segment_variants import DESCRIPTIONS as VARIANT_DESCRIPTIONS
 from pinn_engine.segmentation import Label
 
 SERIES_NUMBERS = {"background": 9200, "mbf": 9201, "vp": 9202, "ve": 9203, "ps": 9204, "seg": 9205, "sr": 9206,
@@ -139,7 +140,7 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
         None, "")
     try:
         result = timed("fit", quantify_perfusion, registered, series.t_min, labels, aha.labels, settings,
-                       series.saturation_delay_ms, pre)
+                       series.saturation_delay_ms, pre, series.geometry)
     except ValueError as exc:
         raise SeriesError(str(exc)) from exc
     if not result.segments:
@@ -166,19 +167,30 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
         frames = tuple(int(k) + 1 for k in np.nonzero(mask.any(axis=(1, 2)))[0])
         if number is None:
             mean, sd_fit = float(np.mean(values)), float(np.std(values) / max(np.sqrt(values.size), 1))
+            # the segments' dependence on the segmentation, weighted by their areas
+            weights = {k: e["n_pixels"] for k, e in result.segments.items()}
+            segmentation = sum(w * result.segments[k]["mbf_segmentation"] for k, w in weights.items()) / max(
+                sum(weights.values()), 1)
             others = ()
             entry = None
         else:
             e = result.segments[number]
-            mean, sd_fit = e["mbf"], e["mbf_sd"]
-            others = ((VP_CODE, FRACTION, e["vp"], Z95 * e["vp_sd"]), (VE_CODE, FRACTION, e["ve"], Z95 * e["ve_sd"]),
-                      (PS_CODE, FLOW_PER_ML, e["ps"], Z95 * e["ps_sd"]))
-            entry = {"aha": number, "mbf_ml_min_g": round(mean, 4), "mbf_bound_ml_min_g": round(Z95 * sd_fit, 4),
+            mean, sd_fit, segmentation = e["mbf"], e["mbf_sd"], e["mbf_segmentation"]
+            # each +/-: the fit's 95 % interval plus what the segmentation changes (segment_variants)
+            others = tuple((code, unit, e[p], Z95 * e[f"{p}_sd"] + e[f"{p}_segmentation"])
+                           for p, code, unit in (("vp", VP_CODE, FRACTION), ("ve", VE_CODE, FRACTION),
+                                                 ("ps", PS_CODE, FLOW_PER_ML)))
+            entry = {"aha": number, "mbf_ml_min_g": round(mean, 4),
+                     "mbf_bound_ml_min_g": round(Z95 * sd_fit + segmentation, 4),
+                     "mbf_bound_parts_ml_min_g": {"fit": round(Z95 * sd_fit, 4),
+                                                  "segmentation": round(segmentation, 4)},
                      **{k: round(e[k], 4) for k in ("fp", "vp", "ve", "ps", "fp_sd", "vp_sd", "ve_sd", "ps_sd")},
+                     **{f"{p}_segmentation": round(e[f"{p}_segmentation"], 4) for p in ("fp", "vp", "ve", "ps")},
                      "n_pixels": e["n_pixels"]}
             summary_segments.append(entry)
-        regions.append(RegionResult(number, mean, float(np.std(values)), Z95 * sd_fit, int(values.size),
-                                    values.size * px_area, frames, tuple(flags) if number is None else (), others))
+        regions.append(RegionResult(number, mean, float(np.std(values)), Z95 * sd_fit + segmentation,
+                                    int(values.size), values.size * px_area, frames,
+                                    tuple(flags) if number is None else (), others))
     global_entry = {"mbf_ml_min_g": round(regions[0].mean, 4), "mbf_sd_ml_min_g": round(regions[0].sd, 4),
                     "n_pixels": regions[0].n_pixels}
 
@@ -188,7 +200,9 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
               "saturation_delay_ms": series.saturation_delay_ms or settings.saturation_delay_ms,
               "baseline_frames": result.baseline_frames, "aif_slice": result.aif_slice + 1,
               "aif_source": result.aif_source,
-              "aha_convention": aha.convention, "bound": "95% interval of the fit"}
+              "aha_convention": aha.convention,
+              "bound": "95% interval of the fit + the change on the segmentation's variants",
+              "bound_covers": "; ".join(("fit (95%)", *VARIANT_DESCRIPTIONS.values()))}
     algorithm = Algorithm("pinn-node-perfusion", __version__, {"method": settings.method, "model": settings.model,
                                                                "hct": settings.hct})
     objects: dict[str, Dataset] = {}
@@ -199,7 +213,8 @@ def process_perfusion(series: PerfusionSeries, settings: PerfusionSettings | Non
     heart = ndimage.binary_dilation(labels != Label.BACKGROUND, iterations=2)
     picture = Picture(registered.max(1), np.nan_to_num(mbf), myo & np.isfinite(mbf) & heart, "MBF", "ml/min/g",
                       (0.0, 4.0), regions, f"pinn-node-perfusion {__version__} ({settings.method}, 2CXM "
-                      f"{settings.model}); bound 95% of the fit; Hct {settings.hct:g}", 0.95)
+                      f"{settings.model}); Hct {settings.hct:g}. Each ± bound covers the fit (95%), "
+                      f"{', '.join(VARIANT_DESCRIPTIONS.values())}", 0.95)
     # the report first (the slowest object to build), from the identities of what it references
     seg_ref, tracking = segmentation_reference(sources, aha.labels, algorithm)
     report = submit_report(helpers, sources, seg_ref, tracking,

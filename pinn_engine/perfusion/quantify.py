@@ -15,14 +15,17 @@ the heartbeat); the AIF is interpolated onto them. MBF = Fp / (1 - Hct) / densit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from pinn_engine.aha import SliceGeometry
 from pinn_engine.perfusion.fit import fit_2cxm
 from pinn_engine.perfusion.models import PARAMETERS
 from pinn_engine.perfusion.phantom import signal_to_concentration
 from pinn_engine.perfusion.prebolus import PreBolus, scaled_input
+from pinn_engine.segment_variants import myocardial_core, segmentation_variants
 from pinn_engine.segmentation.labels import Label
 
 
@@ -165,13 +168,33 @@ def _prebolus_input(pre: PreBolus, mask: np.ndarray, t_s: np.ndarray, main: np.n
                    f"{curve.max():.2f} mM from the pre-bolus")
 
 
+def _segment_curves(concentration: np.ndarray, myocardium: np.ndarray, aha: np.ndarray,
+                    use_core: bool) -> dict[int, tuple[int, np.ndarray]]:
+    """Segment -> (the slice holding most of it, its mean concentration curve there).
+
+    The curve comes from the segment's core (its pixels not bordering anything else: partial
+    volume with blood) when the core has >= 5 pixels there, else from the whole segment.
+    """
+    core = myocardial_core(myocardium) if use_core else np.zeros_like(myocardium)
+    out = {}
+    for seg in (int(v) for v in np.unique(aha[myocardium]) if v):
+        where = (aha == seg) & myocardium
+        if (where & core).sum() >= 5:
+            where = where & core
+        k = int(np.bincount(np.nonzero(where)[0]).argmax())
+        out[seg] = (k, concentration[k][:, where[k]].mean(1))
+    return out
+
+
 def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labels: np.ndarray,
              settings: PerfusionSettings = PerfusionSettings(), saturation_delay_ms: float | None = None,
-             prebolus: PreBolus | None = None) -> PerfusionResult:
+             prebolus: PreBolus | None = None, geometry: Sequence[SliceGeometry] | None = None) -> PerfusionResult:
     """Maps per myocardial pixel and values per AHA segment (segment-mean curves fitted).
 
     ``prebolus``: the AIF slice of a pre-bolus series, aligned with ``images``
     (``aif_slice(labels)`` says which slice); the arterial input is then taken from it.
+    ``geometry`` (the slices'): each segment entry also gets ``<parameter>_segmentation``, the
+    largest change of the value on the segmentation's variants (``pinn_engine.segment_variants``).
     """
     ts = saturation_delay_ms or settings.saturation_delay_ms
     s, t, h, w = images.shape
@@ -222,26 +245,48 @@ def quantify(images: np.ndarray, t_min: np.ndarray, labels: np.ndarray, aha_labe
         maps["mbf"][k][myo] = fit["fp"] * to_mbf
         maps["mbf_sd"][k][myo] = fit["fp_sd"] * to_mbf
     segments: dict[int, dict[str, float]] = {}
-    numbers = [int(v) for v in np.unique(aha_labels) if v]
-    if numbers:
-        curves, times, aifs = [], [], []
-        # segment curves from the myocardium minus its boundary pixels (partial volume with blood)
-        core = np.stack([ndimage.binary_erosion(labels[k] == Label.MYOCARDIUM) for k in range(s)])
-        for seg in numbers:
-            where = aha_labels == seg
-            if (where & core).sum() >= 5:
-                where = where & core
-            k = int(np.bincount(np.nonzero(where)[0]).argmax())  # the slice holding most of the segment
-            sel = where[k]
-            curves.append(concentration[k][:, sel].mean(1))
-            times.append(t_min[k])
-            aifs.append(np.interp(t_min[k], t_min[k_aif], aif_plasma))
-        for seg, c, tt, a in zip(numbers, curves, times, aifs, strict=True):
-            fit = fit_2cxm(tt, a, c[:, None], method="nlls", model=settings.model, prior="none")
-            entry = {p: float(fit[p][0]) for p in PARAMETERS}
-            entry.update({f"{p}_sd": float(fit[f"{p}_sd"][0]) for p in PARAMETERS})
-            entry["mbf"] = entry["fp"] * to_mbf
-            entry["mbf_sd"] = entry["fp_sd"] * to_mbf
-            entry["n_pixels"] = int((aha_labels == seg).sum())
-            segments[seg] = entry
+    myocardium = labels == Label.MYOCARDIUM
+
+    def fitted(found: dict[tuple, tuple[int, np.ndarray]]) -> dict[tuple, dict[str, np.ndarray]]:
+        """Key -> the 2CXM fit of its curve; the curves of one slice are fitted in one call."""
+        out = {}
+        for k in sorted({k for k, _ in found.values()}):
+            keys = [key for key, (kk, _) in found.items() if kk == k]
+            fit = fit_2cxm(t_min[k], np.interp(t_min[k], t_min[k_aif], aif_plasma),
+                           np.stack([found[key][1] for key in keys], axis=1), method="nlls", model=settings.model,
+                           prior="none")
+            for i, key in enumerate(keys):
+                out[key] = {name: fit[name][i] for name in (*PARAMETERS, *(f"{p}_sd" for p in PARAMETERS))}
+        return out
+
+    # the segments' curves, and (with the geometry) those of every variant of the segmentation
+    # (pinn_engine.segment_variants): key (variant index, or -1 for the segmentation itself; segment)
+    curves = {(-1, seg): found for seg, found in _segment_curves(concentration, myocardium, aha_labels, True).items()}
+    variants = list(segmentation_variants(labels, geometry, aha_labels)) if geometry is not None else []
+    for i, variant in enumerate(variants):
+        curves.update({(i, seg): found for seg, found in
+                       _segment_curves(concentration, variant.myocardium, variant.aha, variant.use_core).items()})
+    # the segments' own fits apart from the variants': fit_2cxm pools the residual variance of the
+    # curves it is given, and a segment's reported SD must not depend on other curves
+    # (each segment alone, as its SD comes from its own residuals; the variants' values only are
+    # used, and least squares without a prior fits every curve of a call independently)
+    base = {}
+    for key in (k for k in curves if k[0] == -1):
+        base.update({seg: fit for (_, seg), fit in fitted({key: curves[key]}).items()})
+    fits = fitted({k: v for k, v in curves.items() if k[0] >= 0})
+    changes: dict[int, dict[str, float]] = {seg: dict.fromkeys(PARAMETERS, 0.0) for seg in base}
+    for (i, seg), fit in fits.items():
+        if i >= 0 and seg in base:
+            for p in PARAMETERS:
+                if np.isfinite(fit[p]):
+                    changes[seg][p] = max(changes[seg][p], abs(float(fit[p] - base[seg][p])))
+    for seg, fit in base.items():
+        entry = {p: float(fit[p]) for p in PARAMETERS}
+        entry.update({f"{p}_sd": float(fit[f"{p}_sd"]) for p in PARAMETERS})
+        entry.update({f"{p}_segmentation": changes[seg][p] for p in PARAMETERS})
+        entry["mbf"] = entry["fp"] * to_mbf
+        entry["mbf_sd"] = entry["fp_sd"] * to_mbf
+        entry["mbf_segmentation"] = entry["fp_segmentation"] * to_mbf
+        entry["n_pixels"] = int((aha_labels == seg).sum())
+        segments[seg] = entry
     return PerfusionResult(maps, segments, aif_plasma, k_aif, n_base, flags, source)

@@ -21,9 +21,8 @@ Bound at ``confidence``, the sum of one term per error source (``COVERS``):
 - myocardial border position: the largest change of the value when the myocardium is eroded or
   dilated by one pixel (the network's boundary error; segments re-assigned each time);
 - partial volume: the change when the border pixels are not left out (the core's effect);
-- insertion point: the largest change when every sector boundary turns by +/- ``ROTATION_DEG``
-  (10 degrees: between the 75th and 80th percentile of the network's anterior insertion-point
-  error on held-out synthetic slices, ``benchmarks/segmentation.py`` part c).
+- insertion point: the largest change when every sector boundary turns by +/- 10 degrees
+  (``pinn_engine.segment_variants`` makes these segmentations and says why their sizes).
 """
 
 from __future__ import annotations
@@ -33,9 +32,10 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import stats
 
 from pinn_engine.aha import SliceGeometry, assign_aha
+from pinn_engine.segment_variants import DESCRIPTIONS, KINDS, myocardial_core, segmentation_variants
 from pinn_engine.segmentation.labels import Label
 from pinn_engine.t2.flags import EXCLUDE
 from pinn_engine.t2.model import crlb_sd_t2
@@ -43,15 +43,12 @@ from pinn_engine.t2.model import crlb_sd_t2
 if TYPE_CHECKING:
     from pinn_engine.t2.fit import T2Fit
 
-ROTATION_DEG = 10.0
 OUTLIER_SDS = 3.0
 MYOCARDIAL_RANGE_MS = 25.0
 CORE_MIN_SHARE = 1.0 / 3.0
 MIN_PIXELS = 10
 # the error sources every segment bound covers, as the SR and the display copies name them
-COVERS = ("noise", "fit bias", "myocardial border +/- 1 pixel", "partial volume at the borders",
-          f"insertion point +/- {ROTATION_DEG:g} deg")
-_CROSS = ndimage.generate_binary_structure(2, 1)
+COVERS = ("noise", "fit bias", *DESCRIPTIONS.values())
 
 
 @dataclass(frozen=True)
@@ -86,10 +83,6 @@ def _noise(fit: "T2Fit", used: np.ndarray) -> tuple[float, float]:
     return bias, spread + 0.5 * bias + abs(float(fit.t2_ms[used].mean() - ref.mean()))
 
 
-def _core(myocardium: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.binary_erosion(m, _CROSS) for m in myocardium])
-
-
 def _robust(values: np.ndarray) -> np.ndarray:
     """Which of ``values`` lie within OUTLIER_SDS robust SDs of their median, or within
     MYOCARDIAL_RANGE_MS of it (focal oedema in a normal segment is not an outlier)."""
@@ -118,7 +111,7 @@ def _values(t2: np.ndarray, usable: np.ndarray, myocardium: np.ndarray, aha: np.
     myocardial areas: the quantity its truth is (the mean over all myocardium), without the
     core giving thin segments less weight than thick ones.
     """
-    core = _core(myocardium) if use_core else np.zeros_like(myocardium)
+    core = myocardial_core(myocardium) if use_core else np.zeros_like(myocardium)
     out = {}
     areas = {}
     for s in sorted(int(v) for v in np.unique(aha[myocardium]) if v):
@@ -147,23 +140,6 @@ def _heart_box(fit: "T2Fit", labels: np.ndarray, aha: np.ndarray) -> tuple:
     return maps, labels[box], aha[box]
 
 
-def _perturbed_labels(labels: np.ndarray, grow: bool) -> np.ndarray:
-    """The label map with the myocardium one pixel wider (into its neighbours) or narrower."""
-    myocardium = labels == Label.MYOCARDIUM
-    out = labels.copy()
-    if grow:
-        wider = np.stack([ndimage.binary_dilation(m, _CROSS) for m in myocardium])
-        out[wider & ~myocardium] = Label.MYOCARDIUM
-    else:
-        narrower = _core(myocardium)
-        # what the myocardium loses goes to the pool it borders, else to the background
-        lv = np.stack([ndimage.binary_dilation(m, _CROSS, iterations=2)
-                       for m in labels == Label.LV_BLOOD_POOL])
-        lost = myocardium & ~narrower
-        out[lost] = np.where(lv[lost], Label.LV_BLOOD_POOL, Label.BACKGROUND)
-    return out
-
-
 def segment_statistics(fit: "T2Fit", labels: np.ndarray, geometry: Sequence[SliceGeometry],
                        aha: np.ndarray | None = None) -> list[SegmentValue]:
     """The whole LV myocardium's and every AHA segment's value with its bound (see the module).
@@ -181,20 +157,13 @@ def segment_statistics(fit: "T2Fit", labels: np.ndarray, geometry: Sequence[Slic
     t2 = fit.t2_ms
     myocardium = labels == Label.MYOCARDIUM
     base = _values(t2, usable, myocardium, aha)
-    variants = []
-    for grow in (False, True):
-        other = _perturbed_labels(labels, grow)
-        variants.append(("mask", _values(t2, usable, other == Label.MYOCARDIUM,
-                                         assign_aha(other, list(geometry)).labels)))
-    variants.append(("border", _values(t2, usable, myocardium, aha, use_core=False)))
-    for turn in (-ROTATION_DEG, ROTATION_DEG):
-        variants.append(("sector", _values(t2, usable, myocardium,
-                                           assign_aha(labels, list(geometry), rotation_deg=turn).labels)))
+    variants = [(v.kind, _values(t2, usable, v.myocardium, v.aha, use_core=v.use_core))
+                for v in segmentation_variants(labels, geometry, aha)]
     out = []
     for s, (value, used) in base.items():
         if not used.any():
             continue
-        change = {"mask": 0.0, "sector": 0.0, "border": 0.0}
+        change = dict.fromkeys(KINDS, 0.0)
         for kind, values in variants:
             other = values.get(s, (float("nan"),))[0]
             if np.isfinite(other):
@@ -203,8 +172,8 @@ def segment_statistics(fit: "T2Fit", labels: np.ndarray, geometry: Sequence[Slic
         region = (aha > 0) if s is None else (aha == s)
         out.append(SegmentValue(
             aha=s, mean_ms=value - bias, sd_ms=float(t2[used].std(ddof=1)) if used.sum() > 1 else 0.0,
-            bound_ms=float(noise + change["mask"] + change["sector"] + change["border"]), noise_ms=float(noise),
-            mask_ms=change["mask"], sector_ms=change["sector"], border_ms=change["border"],
+            bound_ms=float(noise + sum(change.values())), noise_ms=float(noise), mask_ms=change["border"],
+            sector_ms=change["insertion_point"], border_ms=change["partial_volume"],
             n_pixels=int(used.sum()), n_excluded=int((region & myocardium).sum() - used.sum()),
             slices=tuple(int(k) for k in np.nonzero(region.any(axis=(1, 2)))[0])))
     return out
