@@ -119,10 +119,10 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     from dicom_node.index import index_path, open_index  # noqa: PLC0415
 
     config = load_config(args.config)
-    if not index_path(config.storage_dir).exists():
+    if not config.index.url and not index_path(config.storage_dir).exists():
         print(f"no index at {index_path(config.storage_dir)}: no jobs yet")
         return 0
-    index = open_index(config.storage_dir, config.node.index_synchronous)
+    index = open_index(config.storage_dir, config.node.index_synchronous, config.index.url)
     try:
         if args.retry is not None:
             if index.requeue_job(args.retry):

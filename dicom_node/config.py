@@ -69,6 +69,13 @@ class SeriesSection:
 
 
 @dataclass(frozen=True)
+class IndexSection:
+    # "" (default): SQLite under [node] storage; "postgresql://USER@HOST:PORT/DB": a PostgreSQL
+    # index that several nodes can share (dicom_node.index_backends)
+    url: str = ""
+
+
+@dataclass(frozen=True)
 class Destination:
     name: str
     ae_title: str
@@ -151,6 +158,7 @@ class Config:
     send: SendSection = field(default_factory=SendSection)
     engine: EngineSection = field(default_factory=EngineSection)
     classify: tuple[ClassifyRule, ...] = ()
+    index: IndexSection = field(default_factory=IndexSection)
 
     @property
     def storage_dir(self) -> Path:
@@ -241,6 +249,7 @@ _SECTIONS = {
     "jobs": JobsSection,
     "send": SendSection,
     "engine": EngineSection,
+    "index": IndexSection,
 }
 
 
@@ -265,6 +274,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"[node] max_associations: {node.max_associations} is outside 1-256")
     if node.max_pdu_size != 0 and not 4096 <= node.max_pdu_size <= 2**26:
         raise ConfigError(f"[node] max_pdu_size: {node.max_pdu_size} is outside 4096-67108864 (or 0 = unlimited)")
+
+    index: IndexSection = sections.get("index", IndexSection())
+    if index.url and not index.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"[index] url must be a postgresql:// URL (or empty for SQLite), got {index.url!r}")
 
     if node.index_synchronous not in ("normal", "full"):
         raise ConfigError(f"[node] index_synchronous must be 'normal' or 'full', got {node.index_synchronous!r}")
@@ -352,6 +365,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         send=sections.get("send", SendSection()),
         engine=engine,
         classify=tuple(rules),
+        index=index,
     )
 
 

@@ -30,8 +30,8 @@ def snapshot(config: Config) -> dict:
         usage = shutil.disk_usage(storage)
         status["disk_free_gb"] = round(usage.free / 1e9, 2)
         status["disk_used_percent"] = round(100 * usage.used / usage.total, 1)
-    if index_path(storage).exists():
-        index = open_index(storage, config.node.index_synchronous)
+    if config.index.url or index_path(storage).exists():
+        index = open_index(storage, config.node.index_synchronous, config.index.url)
         try:
             jobs = index.jobs()
             status["instances"] = index.count_instances()

@@ -1,82 +1,28 @@
-"""The node's index: studies, series, instances and jobs in SQLite.
+"""The node's index: studies, series, instances and jobs, in SQLite or PostgreSQL.
 
-One writer connection (guarded by a lock; SQLite allows one writer at a time anyway)
-and one reader connection per thread, in WAL mode. With ``synchronous=NORMAL`` a
-committed transaction survives a crash of the process (``kill -9``); after a crash of
-the machine the last commits may be missing, which is why the instance files are the
-durable record (each fsync'd with its directory before the commit) and the store's
-start-up check re-indexes files that lack a row after any unclean shutdown.
+All SQL lives here, in the subset both databases speak (``?`` parameters, ``ON CONFLICT``,
+``RETURNING``); ``dicom_node.index_backends`` gives the connections and transactions and
+creates or upgrades the schema. The embedded default is SQLite under the storage directory:
+with ``synchronous=NORMAL`` a committed transaction survives a crash of the process
+(``kill -9``); after a crash of the machine the last commits may be missing, which is why the
+instance files are the durable record (each fsync'd with its directory before the commit) and
+the store's start-up check re-indexes files that lack a row after any unclean shutdown.
 ``synchronous="full"`` makes each commit itself durable at about one fsync per commit.
-All SQL lives here: a PostgreSQL-backed repository can later implement the same methods.
+``[index] url = "postgresql://..."`` puts the same tables in PostgreSQL, shared by several nodes.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from dicom_node.index_backends import PostgresBackend, SQLiteBackend
 from dicom_node.instance import InstanceInfo
 
-SCHEMA_VERSION = 1
 INDEX_FILE = "index.sqlite"  # under the storage directory
 NO_JOB = 0  # complete_series: completed, no work queued
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    patient_id TEXT, patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT,
-    study_date TEXT, study_time TEXT, accession_number TEXT, study_id TEXT,
-    study_description TEXT, referring_physician_name TEXT
-);
-CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    modality TEXT, series_number INTEGER, series_description TEXT,
-    series_date TEXT, series_time TEXT, body_part_examined TEXT, protocol_name TEXT,
-    state TEXT NOT NULL DEFAULT 'open',          -- open | complete
-    first_received_at REAL NOT NULL,
-    last_received_at REAL NOT NULL,
-    completed_at REAL
-);
-CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
-CREATE INDEX IF NOT EXISTS series_open ON series(state, last_received_at);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    instance_number INTEGER,
-    transfer_syntax_uid TEXT NOT NULL,
-    path TEXT NOT NULL,                          -- relative to the storage root
-    size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,                        -- of the encoded data set as received
-    received_at REAL NOT NULL,
-    calling_ae TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    series_uid TEXT,
-    study_uid TEXT,
-    state TEXT NOT NULL,                         -- pending | running | done | failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    last_error TEXT,
-    result TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    not_before REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
-"""
 
 _STUDY_COLUMNS = {
     "PatientID": "patient_id",
@@ -136,68 +82,39 @@ class UpsertOutcome:
 
 
 class Index:
-    """SQLite-backed repository of the node's state."""
+    """Repository of the node's state: SQLite at ``path`` (default), or PostgreSQL at ``url``."""
 
-    def __init__(self, path: Path, synchronous: str = "normal") -> None:
-        if synchronous not in ("normal", "full"):
-            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
-        self.synchronous = synchronous
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_lock = threading.RLock()
-        self._local = threading.local()
-        self._writer = self._connect()
-        with self._write_lock, self._writer:
-            self._writer.executescript(_SCHEMA)
-            self._writer.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+    def __init__(self, path: Path | None = None, synchronous: str = "normal", url: str | None = None) -> None:
+        if url:
+            self.backend: SQLiteBackend | PostgresBackend = PostgresBackend(url)
+        elif path is not None:
+            self.backend = SQLiteBackend(Path(path), synchronous)
+        else:
+            raise ValueError("an index needs a SQLite path or a PostgreSQL url")
+        self.dialect = self.backend.dialect
 
     @property
-    def reader(self) -> sqlite3.Connection:
-        """A connection for queries, private to the calling thread."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-        return conn
+    def reader(self) -> Any:
+        """A connection for queries (private to the calling thread)."""
+        return self.backend.reader
 
     def close(self) -> None:
-        with self._write_lock:
-            self._writer.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.backend.close()
 
-    # -- transactions ------------------------------------------------------
-    class _Tx:
-        def __init__(self, index: "Index") -> None:
-            self.index = index
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.index._write_lock.acquire()
-            self.index._writer.execute("BEGIN IMMEDIATE")
-            return self.index._writer
-
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            try:
-                self.index._writer.execute("ROLLBACK" if exc_type else "COMMIT")
-            finally:
-                self.index._write_lock.release()
-
-    def transaction(self) -> "Index._Tx":
+    def transaction(self) -> Any:
         """``with index.transaction() as conn:`` — one committed, durable transaction."""
-        return Index._Tx(self)
+        return self.backend.transaction()
+
+    def _lock_rows(self, skip_locked: bool = False) -> str:
+        """What a SELECT inside a transaction adds to keep the rows it read until the commit.
+
+        SQLite's write transactions (BEGIN IMMEDIATE) are serial already; in PostgreSQL two
+        nodes could otherwise both complete a series, or both claim a job (the second claimant
+        skips a locked job instead of waiting for it).
+        """
+        if self.dialect != "postgresql":
+            return ""
+        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
     # -- instances ---------------------------------------------------------
     def get_instance(self, sop_instance_uid: str) -> StoredInstance | None:
@@ -224,7 +141,7 @@ class Index:
             conn.execute(
                 f"INSERT INTO studies(study_uid, {', '.join(cols)}) VALUES (?{', ?' * len(cols)})"
                 f" ON CONFLICT(study_uid) DO UPDATE SET "
-                + ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols),
+                + ", ".join(f"{c} = COALESCE(excluded.{c}, studies.{c})" for c in cols),
                 (info.study_uid, *study.values()),
             )
             series = info.level("series")
@@ -235,13 +152,16 @@ class Index:
                 f" VALUES (?, ?, ?, ?{', ?' * len(cols)})"
                 " ON CONFLICT(series_uid) DO UPDATE SET state = 'open', completed_at = NULL,"
                 " last_received_at = excluded.last_received_at, "
-                + ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in cols),
+                + ", ".join(f"{c} = COALESCE(excluded.{c}, series.{c})" for c in cols),
                 (info.series_uid, info.study_uid, received_at, received_at, *series.values()),
             )
             conn.execute(
-                "INSERT OR REPLACE INTO instances(sop_instance_uid, sop_class_uid, series_uid, study_uid,"
+                "INSERT INTO instances(sop_instance_uid, sop_class_uid, series_uid, study_uid,"
                 " instance_number, transfer_syntax_uid, path, size, sha256, received_at, calling_ae)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in ("sop_class_uid", "series_uid", "study_uid",
+                                                           "instance_number", "transfer_syntax_uid", "path",
+                                                           "size", "sha256", "received_at", "calling_ae")),
                 (
                     info.sop_instance_uid,
                     info.sop_class_uid,
@@ -319,8 +239,8 @@ class Index:
         now = time.time()
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT study_uid FROM series WHERE series_uid = ? AND state = 'open' AND last_received_at <= ?",
-                (series_uid, before),
+                "SELECT study_uid FROM series WHERE series_uid = ? AND state = 'open' AND last_received_at <= ?"
+                + self._lock_rows(), (series_uid, before),
             ).fetchone()
             if row is None:  # a new instance arrived meanwhile
                 return None
@@ -333,7 +253,7 @@ class Index:
             if study_delay_s is not None:
                 waiting = conn.execute(
                     "SELECT id FROM jobs WHERE kind = ? AND study_uid = ? AND state = 'pending' AND attempts = 0"
-                    " ORDER BY id DESC LIMIT 1", (job_kind, row[0]),
+                    " ORDER BY id DESC LIMIT 1" + self._lock_rows(), (job_kind, row[0]),
                 ).fetchone()
                 if waiting is not None:
                     conn.execute("UPDATE jobs SET series_uid = ?, not_before = ?, updated_at = ? WHERE id = ?",
@@ -341,10 +261,10 @@ class Index:
                     return int(waiting[0])
             cur = conn.execute(
                 "INSERT INTO jobs(kind, series_uid, study_uid, state, max_attempts, created_at, updated_at,"
-                " not_before) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                " not_before) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING id",
                 (job_kind, series_uid, row[0], max_attempts, now, now, not_before),
             )
-            return int(cur.lastrowid)
+            return int(cur.fetchone()[0])
 
     def series_state(self, series_uid: str) -> str | None:
         row = self.reader.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
@@ -370,7 +290,8 @@ class Index:
                      " WHERE r.state = 'running' AND r.kind = jobs.kind AND r.study_uid = jobs.study_uid))")
         with self.transaction() as conn:
             row = conn.execute(
-                f"SELECT id FROM jobs WHERE state = 'pending' AND not_before <= ?{guard} ORDER BY id LIMIT 1",
+                f"SELECT id FROM jobs WHERE state = 'pending' AND not_before <= ?{guard} ORDER BY id LIMIT 1"
+                + self._lock_rows(skip_locked=True),
                 (now, *serial),
             ).fetchone()
             if row is None:
@@ -433,7 +354,7 @@ class Index:
         return Job(*row) if row else None
 
     # -- queries (used by dicom_node.qr) -----------------------------------
-    def query(self, sql: str, params: Iterable[Any]) -> Iterator[sqlite3.Row]:
+    def query(self, sql: str, params: Iterable[Any]) -> Iterator[Any]:
         yield from self.reader.execute(sql, list(params))
 
 
@@ -442,6 +363,7 @@ def index_path(storage_dir: Path) -> Path:
     return Path(storage_dir) / INDEX_FILE
 
 
-def open_index(storage_dir: Path, synchronous: str = "normal") -> Index:
-    """The index of the node storing under ``storage_dir`` (created if missing)."""
-    return Index(index_path(storage_dir), synchronous)
+def open_index(storage_dir: Path, synchronous: str = "normal", url: str = "") -> Index:
+    """The index of the node storing under ``storage_dir`` (SQLite, created if missing), or the
+    PostgreSQL index at ``url`` when one is configured (``[index] url``)."""
+    return Index(index_path(storage_dir), synchronous, url=url or None)

@@ -36,7 +36,7 @@ class Node:
         self.config = config
         root = config.storage_dir
         root.mkdir(parents=True, exist_ok=True)
-        self.index = open_index(root, config.node.index_synchronous)
+        self.index = open_index(root, config.node.index_synchronous, config.index.url)
         self.store = InstanceStore(root, self.index)
         self.audit = AuditLog(config.audit_path)
         self.scp = NodeSCP(config, self.store, self.index, self.audit)

@@ -46,14 +46,14 @@ class Key:
 
 
 _COUNT_PATIENT = ("(SELECT COUNT(*) FROM {t} x WHERE x.study_uid IN "
-                  "(SELECT study_uid FROM studies p WHERE p.patient_id IS st.patient_id))")
+                  "(SELECT study_uid FROM studies p WHERE p.patient_id IS NOT DISTINCT FROM st.patient_id))")
 KEYS: dict[str, Key] = {
     "PatientID": Key("PATIENT", "st.patient_id", "string"),
     "PatientName": Key("PATIENT", "st.patient_name", "pn"),
     "PatientBirthDate": Key("PATIENT", "st.patient_birth_date", "date"),
     "PatientSex": Key("PATIENT", "st.patient_sex", "string"),
     "NumberOfPatientRelatedStudies": Key(
-        "PATIENT", "(SELECT COUNT(*) FROM studies p WHERE p.patient_id IS st.patient_id)", "count"
+        "PATIENT", "(SELECT COUNT(*) FROM studies p WHERE p.patient_id IS NOT DISTINCT FROM st.patient_id)", "count"
     ),
     "NumberOfPatientRelatedSeries": Key("PATIENT", _COUNT_PATIENT.format(t="series"), "count"),
     "NumberOfPatientRelatedInstances": Key("PATIENT", _COUNT_PATIENT.format(t="instances"), "count"),
@@ -67,7 +67,7 @@ KEYS: dict[str, Key] = {
     "ModalitiesInStudy": Key(
         "STUDY",
         "(SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series x"
-        " WHERE x.study_uid = st.study_uid AND modality IS NOT NULL ORDER BY modality))",
+        " WHERE x.study_uid = st.study_uid AND modality IS NOT NULL ORDER BY modality) AS modalities)",
         "modalities",
     ),
     "NumberOfStudyRelatedSeries": Key(
@@ -140,8 +140,8 @@ def _like_pattern(text: str) -> str:
     return "".join(out)
 
 
-def _condition(key: Key, raw: Any) -> tuple[str, list[Any]] | None:
-    """SQL condition for one matching key, or None for universal matching."""
+def _condition(key: Key, raw: Any, dialect: str = "sqlite") -> tuple[str, list[Any]] | None:
+    """SQL condition for one matching key, or None for universal matching (in the index's ``dialect``)."""
     if raw is None:
         return None
     if isinstance(raw, (list, tuple)) or type(raw).__name__ == "MultiValue":
@@ -190,12 +190,16 @@ def _condition(key: Key, raw: Any) -> tuple[str, list[Any]] | None:
         if key.match == "time":
             return f"{col} BETWEEN ? AND ?", [normalise_time(value), normalise_time(value, upper=True)]
         return f"{col} = ?", [value]
+    # SQLite's LIKE ignores ASCII case and its GLOB does not; PostgreSQL has ILIKE and LIKE for that
+    postgres = dialect == "postgresql"
     if key.match == "pn":
         if "*" in value or "?" in value:
-            return f"{col} LIKE ? ESCAPE '\\'", [_like_pattern(value)]
+            return f"{col} {'ILIKE' if postgres else 'LIKE'} ? ESCAPE '\\'", [_like_pattern(value)]
         return f"lower({col}) = lower(?)", [value.rstrip("^")]
     # string: case-sensitive, as PS3.4 C.2.2.2.4 requires for these VRs
     if "*" in value or "?" in value:
+        if postgres:
+            return f"{col} LIKE ? ESCAPE '\\'", [_like_pattern(value)]
         return f"{col} GLOB ?", [_glob_escape(value)]
     return f"{col} = ?", [value]
 
@@ -205,8 +209,11 @@ def _level_keys(level: str) -> list[str]:
     return [kw for kw, k in KEYS.items() if k.level in allowed]
 
 
-def build_query(identifier: Dataset, level: str, model: str) -> tuple[str, list[Any], list[str]]:
-    """SQL selecting one row per matching entity at ``level``; returns (sql, params, columns)."""
+def build_query(identifier: Dataset, level: str, model: str,
+                dialect: str = "sqlite") -> tuple[str, list[Any], list[str]]:
+    """SQL selecting one row per matching entity at ``level``; returns (sql, params, columns).
+
+    Result columns are named by the attribute keywords (quoted: PostgreSQL folds names)."""
     where: list[str] = []
     params: list[Any] = []
     for kw in _level_keys(level):
@@ -215,19 +222,20 @@ def build_query(identifier: Dataset, level: str, model: str) -> tuple[str, list[
                 raw = identifier[kw].value
             except Exception as exc:
                 raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"cannot decode key {kw}: {exc}") from exc
-            cond = _condition(KEYS[kw], raw)
+            cond = _condition(KEYS[kw], raw, dialect)
             if cond:
                 where.append(cond[0])
                 params.extend(cond[1])
     columns = _level_keys(level)
     if level == "PATIENT":
         select = ", ".join(
-            f"{KEYS[c].sql} AS {c}" if c == "PatientID" or KEYS[c].match == "count" else f"MAX({KEYS[c].sql}) AS {c}"
+            f'{KEYS[c].sql} AS "{c}"' if c == "PatientID" or KEYS[c].match == "count"
+            else f'MAX({KEYS[c].sql}) AS "{c}"'
             for c in columns
         )
         group = " GROUP BY st.patient_id"
     else:
-        select = ", ".join(f"{KEYS[c].sql} AS {c}" for c in columns)
+        select = ", ".join(f'{KEYS[c].sql} AS "{c}"' for c in columns)
         group = ""
     order = {
         "PATIENT": " ORDER BY st.patient_id",
@@ -238,14 +246,17 @@ def build_query(identifier: Dataset, level: str, model: str) -> tuple[str, list[
     sql = f"SELECT {select} {_FROM[level]}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    return sql + group + order, params, columns
+    sql += group + order
+    if dialect == "postgresql":
+        sql = sql.replace("group_concat(", "string_agg(")
+    return sql, params, columns
 
 
 def find(index: Index, identifier: Dataset, sop_class_uid: str, retrieve_ae: str) -> Iterator[Dataset]:
     """Yield one response identifier per match (C-FIND pending responses)."""
     model = model_of(sop_class_uid)
     level = query_level(identifier, model)
-    sql, params, _ = build_query(identifier, level, model)
+    sql, params, _ = build_query(identifier, level, model, index.dialect)
     requested = [e.keyword for e in identifier
                  if e.keyword and e.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")]
     always = [_UNIQUE[lv] for lv in LEVELS[: LEVELS.index(level) + 1]
@@ -278,7 +289,7 @@ def select_instances(index: Index, identifier: Dataset, sop_class_uid: str) -> l
     unique = _UNIQUE[level]
     if not str(identifier.get(unique, "") or "").strip():
         raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"retrieve at {level} level needs {unique}")
-    sql, params, _ = build_query(identifier, level, model)
+    sql, params, _ = build_query(identifier, level, model, index.dialect)
     keys = [row[unique] for row in index.query(sql, params)]
     if level == "PATIENT":
         studies = [r[0] for r in index.query(

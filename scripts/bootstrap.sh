@@ -10,8 +10,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 # dcmtk: scanner/workstation peers; dicom3tools: object validators; orthanc (+ DICOMweb) and
-# chromium: the PACS and the browser of the viewer test; openssl: test certificates for TLS
-debs=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl "$@")
+# chromium: the PACS and the browser of the viewer test; openssl: test certificates for TLS;
+# postgresql: the shared index's database (the tests start their own server, tests/postgres.py)
+debs=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium openssl postgresql "$@")
 command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()
 for pkg in "${debs[@]}"; do

@@ -50,3 +50,34 @@ def storescp_factory(tmp_path, dcmtk):
     yield make
     for scp in started:
         scp.stop()
+
+
+# -- the index's backends: the contract tests (store, duplicates, Q/R, completion, jobs, recovery) run on both
+INDEX_BACKENDS = ("sqlite", "postgresql")
+_DATABASES = __import__("itertools").count()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the session (tests.postgres), started when a test first needs it."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+def new_index(request, backend: str, path):
+    """A new, empty index on ``backend``: SQLite at ``path``, or a fresh PostgreSQL database."""
+    from dicom_node.index import Index
+
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres")
+        return Index(url=server.create_database(f"index_{next(_DATABASES)}"))
+    return Index(path)
+
+
+@pytest.fixture(params=INDEX_BACKENDS)
+def make_index(request, tmp_path):
+    """``make_index()`` -> a new empty index on each backend in turn."""
+    return lambda: new_index(request, request.param, tmp_path / "index.sqlite")

@@ -96,11 +96,11 @@ def test_unreachable_destination_retries_then_parks_and_retry_requeues(node_fact
 
 
 @pytest.fixture
-def index_with_job(tmp_path):
-    """An index holding one completed series and its pending 'forward' job."""
+def index_with_job(make_index):
+    """An index (on each backend) holding one completed series and its pending 'forward' job."""
 
     def make(max_attempts: int):
-        index = Index(tmp_path / "index.sqlite")
+        index = make_index()
         with index.transaction() as conn:
             conn.execute("INSERT INTO series(series_uid, study_uid, first_received_at, last_received_at)"
                          " VALUES ('1.2.3', '1.2', 0, 0)")

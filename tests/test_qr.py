@@ -7,9 +7,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from dicom_node import qr
-from dicom_node.index import Index
 from dicom_node.store import InstanceStore
 from dicom_node.synthetic import mr_image
+from tests.conftest import INDEX_BACKENDS, new_index
 from tests.helpers import store_dataset
 
 P_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -18,10 +18,10 @@ S_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 P_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
+@pytest.fixture(scope="module", params=INDEX_BACKENDS)
+def db(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("qr")
-    index = Index(root / "index.sqlite")
+    index = new_index(request, request.param, root / "index.sqlite")
     store = InstanceStore(root, index)
     studies = {}
     # patient A: two studies; patient B: one study

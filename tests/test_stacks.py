@@ -129,8 +129,8 @@ def _complete(index: Index, series_uid: str, study_uid: str, delay: float | None
     return index.complete_series(series_uid, now - 1, "t2", 3, delay)
 
 
-def test_a_study_job_waits_for_the_last_t2_series_and_runs_one_at_a_time(tmp_path):
-    index = Index(tmp_path / "index.sqlite")
+def test_a_study_job_waits_for_the_last_t2_series_and_runs_one_at_a_time(make_index):
+    index = make_index()
     try:
         first = _complete(index, "1.1", "9.1", 30.0)
         second = _complete(index, "1.2", "9.1", 30.0)

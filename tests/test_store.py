@@ -5,15 +5,14 @@ import logging
 import pytest
 from pydicom.uid import generate_uid
 
-from dicom_node.index import Index
 from dicom_node.store import InstanceStore
 from dicom_node.synthetic import mr_image
 from tests.helpers import store_dataset as put
 
 
 @pytest.fixture
-def store(tmp_path):
-    index = Index(tmp_path / "index.sqlite")
+def store(tmp_path, make_index):
+    index = make_index()
     yield InstanceStore(tmp_path, index)
     index.close()
 
