@@ -13,9 +13,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from pydicom.uid import UID
+import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, _config, build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
@@ -32,6 +33,8 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 _DELIVERED = (STATUS_SUCCESS, STATUS_WARNING)  # the peer stored the instance
 _MAX_CONTEXTS = 128
+# compressed syntaxes pydicom decodes by itself: sent decompressed to a peer that refuses them
+DECODABLE = frozenset({str(RLELossless)})
 
 
 class SendError(Exception):
@@ -60,12 +63,15 @@ class SendReport:
 
 
 def contexts_for(instances: Iterable[OutgoingInstance]) -> list[list[PresentationContext]]:
-    """Presentation contexts proposing each (SOP class, stored transfer syntax) pair.
+    """Presentation contexts proposing each (SOP class, stored transfer syntax) pair, and for a
+    compressed syntax pydicom can decode also (SOP class, explicit VR little endian): a peer
+    that does not accept the compressed syntax gets the instance decompressed.
 
     Split into groups of at most 128 (one association each).
     """
-    pairs = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances})
-    contexts = [build_context(UID(sop), [UID(ts)]) for sop, ts in pairs]
+    pairs = {(i.sop_class_uid, i.transfer_syntax_uid) for i in instances}
+    pairs |= {(sop, str(ExplicitVRLittleEndian)) for sop, ts in pairs if ts in DECODABLE}
+    contexts = [build_context(UID(sop), [UID(ts)]) for sop, ts in sorted(pairs)]
     return [contexts[i : i + _MAX_CONTEXTS] for i in range(0, len(contexts), _MAX_CONTEXTS)] or [[]]
 
 
@@ -141,11 +147,14 @@ class StorageSender:
         """Send on an open association; return what must be resent on a new one."""
         accepted = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
         for n, inst in enumerate(pending):
-            if (inst.sop_class_uid, inst.transfer_syntax_uid) not in accepted:
+            as_stored = (inst.sop_class_uid, inst.transfer_syntax_uid) in accepted
+            decompress = (not as_stored and inst.transfer_syntax_uid in DECODABLE
+                          and (inst.sop_class_uid, str(ExplicitVRLittleEndian)) in accepted)
+            if not (as_stored or decompress):
                 report.failed[inst.sop_instance_uid] = SOP_CLASS_NOT_SUPPORTED  # no accepted context for it
                 continue
             try:
-                status = assoc.send_c_store(inst.path)
+                status = assoc.send_c_store(_decompressed(inst.path) if decompress else inst.path)
             except (OSError, ValueError, AttributeError, RuntimeError) as exc:
                 if not assoc.is_established:
                     return pending[n:]
@@ -166,6 +175,13 @@ class StorageSender:
             else:
                 report.failed[inst.sop_instance_uid] = code
         return []
+
+
+def _decompressed(path: Path) -> Any:
+    """The instance at ``path`` with its pixel data decoded (explicit VR little endian)."""
+    ds = pydicom.dcmread(path)
+    ds.decompress()
+    return ds
 
 
 def echo(ae_title: str, host: str, port: int, calling_ae: str = "PINN_NODE", timeout_s: float = 15.0) -> int:

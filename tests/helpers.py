@@ -188,17 +188,18 @@ class NodeProcess:
 class StoreSCPProcess:
     """DCMTK ``storescp`` as a destination (PACS stand-in) on a free port."""
 
-    def __init__(self, workdir: Path, ae_title: str = "DEST", port: int | None = None):
+    def __init__(self, workdir: Path, ae_title: str = "DEST", port: int | None = None, accept_all: bool = True):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ae_title = ae_title
         self.port = port or free_port()
+        self.accept_all = accept_all  # False: uncompressed transfer syntaxes only (storescp's default)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "StoreSCPProcess":
         self.proc = spawn_server(
-            ["storescp", "--aetitle", self.ae_title, "--output-directory", str(self.dir), "--accept-all",
-             str(self.port)],
+            ["storescp", "--aetitle", self.ae_title, "--output-directory", str(self.dir),
+             *(["--accept-all"] if self.accept_all else []), str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV,
         )
         wait_or_stop(self.proc, self.port, 30, "storescp")

@@ -130,3 +130,30 @@ def test_a_response_the_reactor_takes_during_a_send_is_kept_for_it():
     assoc._reactor_checkpoint.set()  # nobody waiting: pynetdicom's own handling (dropped, logged)
     assoc._serve_request(rsp, 1)
     assert assoc.dimse.msg_queue.empty()
+
+
+@pytest.mark.parametrize("accept_all", [True, False])
+def test_an_rle_display_copy_reaches_a_peer_that_refuses_compression_decompressed(storescp_factory, tmp_path,
+                                                                                  accept_all):
+    """The Secondary Capture is RLE Lossless; a PACS that takes only uncompressed syntaxes gets the
+    same pixels uncompressed instead of a refusal."""
+    import numpy as np
+    import pydicom
+
+    from dicom_node.encode import Algorithm, encode_secondary_capture
+    from dicom_node.synthetic import mr_image
+
+    rgb = np.zeros((120, 200, 3), np.uint8)
+    rgb[20:80, 30:150] = (200, 40, 10)
+    sc = encode_secondary_capture(rgb, mr_image(study_uid="1.2.3.4", series_uid="1.2.3.4.5"), Algorithm("test"),
+                                  "T2", 9105)
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path, enforce_file_format=True)
+    assert str(sc.file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.5"
+    dest = storescp_factory(accept_all=accept_all)
+    report = StorageSender("PINN_NODE").send(dest.ae_title, "127.0.0.1", dest.port, [
+        OutgoingInstance(path, str(sc.SOPClassUID), str(sc.SOPInstanceUID), str(sc.file_meta.TransferSyntaxUID))])
+    assert report.complete and report.acknowledged == [str(sc.SOPInstanceUID)], report
+    received = pydicom.dcmread(next(p for p in dest.dir.iterdir() if p.is_file()))
+    assert received.file_meta.TransferSyntaxUID.is_compressed == accept_all
+    assert np.array_equal(received.pixel_array, rgb)

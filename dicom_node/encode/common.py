@@ -118,10 +118,15 @@ def header_only(ds: Dataset) -> Dataset:
 
 
 def dataset_bytes(ds: Dataset) -> bytes:
-    """The data set encoded in Explicit VR Little Endian, without preamble or file meta."""
+    """The data set encoded in Explicit VR Little Endian, without preamble or file meta (compressed
+    pixel data stays encapsulated: the syntax in ``ds.file_meta`` says which)."""
     from pydicom.filebase import DicomBytesIO  # noqa: PLC0415
     from pydicom.filewriter import write_dataset  # noqa: PLC0415
 
+    meta = getattr(ds, "file_meta", None)
+    if "PixelData" in ds and meta is not None and meta.get("TransferSyntaxUID") is not None \
+            and meta.TransferSyntaxUID.is_compressed:
+        ds["PixelData"].is_undefined_length = True  # encapsulated: items and a sequence delimiter
     buf = DicomBytesIO()
     buf.is_implicit_VR, buf.is_little_endian = False, True
     write_dataset(buf, ds)

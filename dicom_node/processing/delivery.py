@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicom_node.audit import AuditLog
 from dicom_node.config import Config
@@ -114,8 +114,9 @@ class Destinations:
 
 def store_derived(store: InstanceStore, ds: Dataset, ae_title: str) -> OutgoingInstance:
     """Store a dataset the node made, through the same durable path as received ones."""
-    body = dataset_bytes(ds)
-    ts = str(ExplicitVRLittleEndian)
+    body = dataset_bytes(ds)  # the data set itself is always explicit VR little endian
+    meta_ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ""))) if hasattr(ds, "file_meta") else UID("")
+    ts = str(meta_ts if meta_ts and meta_ts.is_compressed else ExplicitVRLittleEndian)  # compressed pixels keep it
     meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), ts, ae_title)
     info = parse_instance(body, ts, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
     result = store.put(info, meta, body, ae_title)

@@ -68,7 +68,7 @@ def study(tmp_path_factory):
     server = None
     try:
         wait_for_port(dicom_port, 30, orthanc, "Orthanc")
-        run(["storescu", "-R", "-aec", "ORTHANC", "127.0.0.1", dicom_port, *files], check=True)
+        run(["storescu", "-R", "-xr", "-aec", "ORTHANC", "127.0.0.1", dicom_port, *files], check=True)
         from tests.viewer.ohif_server import make_server
 
         server = make_server(OHIF_DIST, http_port)
