@@ -15,7 +15,7 @@ previous study's T2 job has finished, so latencies do not overlap. Prints, per v
 2. the AHA segments of the report (count and list);
 3. truth within bound: the segments whose true myocardial T2 (mean of the phantom's T2 over the
    truth's myocardium in the segment, with the truth's own AHA labels on the stack's geometry,
-   as ``truth_within_bounds`` in tests/test_vendor_node.py) lies within t2_ms +/- t2_bound_ms;
+   ``tests.helpers.segment_truth``, as tests/test_vendor_node.py uses it) lies within t2_ms +/- t2_bound_ms;
 4. push-to-results latency: the T2 job's finish (jobs.updated_at) minus the last instance of
    the stack's source series received (max series.last_received_at), minus the stability wait
    ([series] stable_seconds) and the stack wait (stack_seconds); and the job's own time: from
@@ -39,11 +39,8 @@ import pydicom
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicom_node.processing import load_t2_stack  # noqa: E402
 from dicom_node.vendors import VENDORS, simulate_vendor_t2  # noqa: E402
-from pinn_engine.aha import assign_aha  # noqa: E402
-from pinn_engine.segmentation import Label  # noqa: E402
-from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, run  # noqa: E402
+from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, run, segment_truth  # noqa: E402
 
 STABLE_S = 0.5  # QUICK_T2_NODE_TOML's [series] stable_seconds
 STACK_S = 2.0  # a small stack wait: the series of one study are pushed well within it
@@ -66,21 +63,6 @@ def node_toml(method: str) -> str:
 
 def header(folder: Path) -> pydicom.Dataset:
     return pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True)
-
-
-def truth_within_bounds(summary: dict, truth, folders: list[Path]) -> list[dict]:
-    """Per reported segment: the true myocardial T2 and whether it lies within mean +/- bound."""
-    stack = load_t2_stack([sorted(f.glob("*.dcm")) for f in folders])
-    aha = assign_aha(truth["labels"], stack.geometry).labels  # the truth's own AHA segments
-    myocardium = truth["labels"] == Label.MYOCARDIUM
-    rows = []
-    for entry in summary["segments"]:
-        mask = myocardium & (aha == entry["aha"])
-        true_t2 = float(truth["t2_ms"][mask].mean()) if mask.any() else float("nan")
-        rows.append({"aha": int(entry["aha"]), "t2_ms": float(entry["t2_ms"]),
-                     "t2_bound_ms": float(entry["t2_bound_ms"]), "true_t2_ms": true_t2,
-                     "inside": bool(abs(entry["t2_ms"] - true_t2) <= entry["t2_bound_ms"])})
-    return rows
 
 
 def query(node: NodeProcess, sql: str, params=()) -> list[tuple]:
@@ -168,7 +150,7 @@ def one_vendor(node: NodeProcess, vendor: str, folder: Path) -> dict:
         if len(used_folders) != len(used):
             out["truth_error"] = "a source series of the stack is not among the pushed folders"
         else:
-            rows = truth_within_bounds(summary, np.load(folder / "truth.npz"), used_folders)
+            rows = segment_truth(summary, np.load(folder / "truth.npz"), used_folders)
             out["truth"] = rows
             out["within"] = sum(r["inside"] for r in rows)
         out["global"] = summary.get("global")

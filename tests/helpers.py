@@ -286,3 +286,24 @@ def results_folder(storage: Path, series_uid: str) -> Path:
         if series_uid in json.loads(summary.read_text()).get("stack", {}).get("source_series", []):
             return summary.parent
     raise FileNotFoundError(f"no results folder lists series {series_uid}")
+
+
+def segment_truth(summary: dict, truth, folders: Sequence[Path]) -> list[dict]:
+    """Per segment of a T2 ``summary``: the true myocardial T2 of the phantom (``truth.npz``) over the
+    truth's own AHA segment, on the geometry of the source series in ``folders``, and whether it lies
+    within the reported mean +/- bound."""
+    from dicom_node.processing import load_t2_stack  # noqa: PLC0415
+    from pinn_engine.aha import assign_aha  # noqa: PLC0415
+    from pinn_engine.segmentation import Label  # noqa: PLC0415
+
+    stack = load_t2_stack([sorted(Path(f).glob("*.dcm")) for f in folders])
+    aha = assign_aha(truth["labels"], stack.geometry).labels
+    myocardium = truth["labels"] == Label.MYOCARDIUM
+    rows = []
+    for entry in summary["segments"]:
+        mask = myocardium & (aha == entry["aha"])
+        true_t2 = float(truth["t2_ms"][mask].mean()) if mask.any() else float("nan")
+        rows.append({"aha": int(entry["aha"]), "t2_ms": float(entry["t2_ms"]),
+                     "t2_bound_ms": float(entry["t2_bound_ms"]), "true_t2_ms": true_t2,
+                     "inside": bool(abs(entry["t2_ms"] - true_t2) <= entry["t2_bound_ms"])})
+    return rows

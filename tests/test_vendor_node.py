@@ -19,11 +19,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.processing import load_t2_stack
 from dicom_node.vendors import simulate_vendor_t2
-from pinn_engine.aha import assign_aha
-from pinn_engine.segmentation import Label
-from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, results_folder, run
+from tests.helpers import QUICK_T2_NODE_TOML, NodeProcess, results_folder, run, segment_truth
 from tests.orthanc import OrthancProcess
 
 # series description -> (classification, whether the study's stack uses it)
@@ -39,18 +36,6 @@ STACK_S = 5.0  # the series of one study are pushed within this: they make one j
 
 def _node_toml(stack_seconds: float) -> str:
     return QUICK_T2_NODE_TOML.replace("stack_seconds = 0", f"stack_seconds = {stack_seconds}")
-
-
-def truth_within_bounds(summary: dict, truth: np.lib.npyio.NpzFile, folders: list[Path]) -> tuple[int, int]:
-    """(segments whose true myocardial T2 lies within mean +/- bound, segments reported)."""
-    stack = load_t2_stack([sorted(f.glob("*.dcm")) for f in folders])
-    aha = assign_aha(truth["labels"], stack.geometry).labels  # the truth's own AHA segments
-    myocardium = truth["labels"] == Label.MYOCARDIUM
-    inside = 0
-    for entry in summary["segments"]:
-        true_t2 = float(truth["t2_ms"][myocardium & (aha == entry["aha"])].mean())
-        inside += abs(entry["t2_ms"] - true_t2) <= entry["t2_bound_ms"]
-    return inside, len(summary["segments"])
 
 
 def _series(folder: Path) -> tuple[str, str]:
@@ -107,7 +92,8 @@ def test_vendor_studies_through_the_node(tmp_path, dcmtk):
         assert len(summary["segments"]) == 16, (vendor, [s["aha"] for s in summary["segments"]])
         used_folders = sorted((f for f, (uid, _) in series.items() if uid in used),
                               key=lambda f: summary["stack"]["source_series"].index(series[f][0]))
-        inside, n = truth_within_bounds(summary, np.load(tmp_path / vendor / "truth.npz"), used_folders)
+        rows = segment_truth(summary, np.load(tmp_path / vendor / "truth.npz"), used_folders)
+        inside, n = sum(r["inside"] for r in rows), len(rows)
         print(f"{vendor}: {len(used)} source series in the stack; truth within the bound in {inside} of {n}")
         within, reported = within + inside, reported + n
     # the bound is a promise about the segment's mean over the node's mask; against the myocardium's true
